@@ -1,0 +1,142 @@
+"""Multi-head self-attention read straight from a fused QKV projection.
+
+``attention(qkv, num_heads)`` computes ``softmax(Q Kᵀ · scale + mask) V`` per head,
+where ``qkv`` is the output of one fused QKV linear layer, shape
+``(batch, seq, 3 * hidden)``: queries in ``[..., :hidden]``, keys in
+``[..., hidden:2*hidden]``, values in ``[..., 2*hidden:]``, head ``h`` at columns
+``h*head_dim:(h+1)*head_dim`` of each. The result has shape ``(batch, seq, hidden)``,
+the layout the output projection reads.
+
+Masks:
+- ``key_lengths`` ``(batch,)`` integer tensor: keys at positions ``>= key_lengths[b]``
+  are padding (the fast path for right-padded batches).
+- ``attn_mask`` broadcastable to ``(batch, heads, seq, seq)``: boolean (True = attend)
+  or floating additive (0 = attend, large negative or -inf = masked).
+A query row whose keys are all masked produces zeros (never NaN).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from fastbert.ops import dispatch
+
+
+def check_attention_inputs(qkv: torch.Tensor, num_heads: int, attn_mask, key_lengths) -> None:
+    """Raise ValueError/TypeError on inputs the attention op cannot take."""
+    if not isinstance(qkv, torch.Tensor) or qkv.dim() != 3:
+        raise ValueError(f"qkv must be a 3D tensor (batch, seq, 3*hidden), got {getattr(qkv, 'shape', type(qkv))}")
+    if not qkv.is_floating_point():
+        raise TypeError(f"qkv must be a floating-point tensor, got {qkv.dtype}")
+    if num_heads <= 0 or qkv.shape[-1] % (3 * num_heads) != 0:
+        raise ValueError(
+            f"qkv's last dimension ({qkv.shape[-1]}) must be 3 * num_heads * head_dim with num_heads={num_heads}"
+        )
+    batch, seq = qkv.shape[0], qkv.shape[1]
+    if attn_mask is not None:
+        if attn_mask.dim() > 4:
+            raise ValueError(f"attn_mask must have at most 4 dimensions, got shape {tuple(attn_mask.shape)}")
+        full = (batch, num_heads, seq, seq)
+        shape = (1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape)
+        if any(s not in (1, f) for s, f in zip(shape, full)):
+            raise ValueError(
+                f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to (batch, heads, q, k) = {full}"
+            )
+        if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+            raise TypeError(f"attn_mask must be bool (True = attend) or floating additive, got {attn_mask.dtype}")
+    if key_lengths is not None:
+        if key_lengths.shape != (batch,) or key_lengths.dtype not in (torch.int32, torch.int64):
+            raise ValueError(
+                f"key_lengths must be an int32/int64 tensor of shape ({batch},), got "
+                f"{key_lengths.dtype} {tuple(key_lengths.shape)}"
+            )
+
+
+def attention(
+    qkv: torch.Tensor,
+    num_heads: int,
+    *,
+    attn_mask: torch.Tensor | None = None,
+    key_lengths: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Self-attention over a fused QKV tensor; see the module docstring for layouts and masks.
+
+    ``dropout_p`` drops attention probabilities (pass 0.0 in eval mode). ``scale``
+    defaults to ``1/sqrt(head_dim)``. Returns ``(batch, seq, hidden)``.
+    """
+    check_attention_inputs(qkv, num_heads, attn_mask, key_lengths)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    fn = dispatch.implementation("attention", qkv.device)
+    return fn(qkv, num_heads, attn_mask=attn_mask, key_lengths=key_lengths, dropout_p=dropout_p, scale=scale)
+
+
+def split_heads(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Views q, k, v of shape ``(batch, heads, seq, head_dim)`` into a fused QKV tensor."""
+    batch, seq, width = qkv.shape
+    head_dim = width // (3 * num_heads)
+    q, k, v = qkv.view(batch, seq, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    return q, k, v
+
+
+def _as_bool_keep_mask(attn_mask, key_lengths, seq: int, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Fold key_lengths into the mask; returns (mask for SDPA, 'row has a live key' or None)."""
+    mask = attn_mask
+    if key_lengths is not None:
+        keep = torch.arange(seq, device=device)[None, :] < key_lengths[:, None]
+        keep = keep[:, None, None, :]
+        if mask is None:
+            mask = keep
+        elif mask.dtype == torch.bool:
+            mask = mask & keep
+        else:
+            mask = mask.masked_fill(~keep, float("-inf"))
+    if mask is None:
+        return None, None
+    while mask.dim() < 4:
+        mask = mask.unsqueeze(0)
+    live = mask if mask.dtype == torch.bool else mask > float("-inf")
+    row_live = live.any(dim=-1, keepdim=True)
+    # Un-mask rows with no live key before SDPA (their output is zeroed afterwards), so
+    # neither the forward nor the backward ever sees a 0/0 softmax.
+    if mask.dtype == torch.bool:
+        mask = mask | ~row_live
+    else:
+        mask = torch.where(row_live, mask, torch.zeros((), dtype=mask.dtype, device=mask.device))
+    return mask, row_live
+
+
+@dispatch.register("attention", "torch")
+def attention_reference(
+    qkv: torch.Tensor,
+    num_heads: int,
+    *,
+    attn_mask: torch.Tensor | None = None,
+    key_lengths: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Plain-PyTorch attention (the oracle and the CPU path), through PyTorch's SDPA.
+
+    Half-precision inputs are computed in float32 and cast back, so the reference
+    accumulates in fp32 like the kernels.
+    """
+    batch, seq, width = qkv.shape
+    hidden = width // 3
+    q, k, v = split_heads(qkv, num_heads)
+    compute_dtype = torch.float32 if qkv.dtype in (torch.float16, torch.bfloat16) else qkv.dtype
+    q, k, v = q.to(compute_dtype), k.to(compute_dtype), v.to(compute_dtype)
+    mask, row_live = _as_bool_keep_mask(attn_mask, key_lengths, seq, qkv.device)
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(compute_dtype)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    if row_live is not None:
+        out = torch.where(row_live, out, torch.zeros((), dtype=out.dtype, device=out.device))
+    return out.transpose(1, 2).reshape(batch, seq, hidden).to(qkv.dtype)
