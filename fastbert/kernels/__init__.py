@@ -1,0 +1,7 @@
+"""Triton kernels and their thin launchers: pure functions on tensors, no autograd.
+
+Modules here are imported on demand (``fastbert.kernels.attention`` ...); this
+package itself imports nothing, so ``fastbert`` stays importable without Triton.
+Every kernel is defined through :func:`fastbert.kernels.registry.kernel`, which
+puts it under the ahead-of-time build gate (:mod:`fastbert.kernels.compile_check`).
+"""

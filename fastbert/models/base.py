@@ -1,0 +1,154 @@
+"""The optimized HF base model: HF's object and interface, fastbert's embeddings and encoder.
+
+:func:`convert_base_model` rewires an HF base model (``BertModel``, ``RobertaModel``, ...)
+in place: its embeddings and layer stack become fastbert modules (reusing the HF
+embedding tables, so tied output layers stay tied), its class becomes a subclass of
+the original with fastbert's :meth:`FastBaseModelMixin.forward`, and its state dict
+keeps HF names. ``isinstance(model.bert, BertModel)`` still holds, heads and the pooler
+are untouched, and the HF output classes are returned.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+
+import torch
+from torch import nn
+
+from fastbert.models.adapter import FamilyAdapter
+from fastbert.models.weights import install_state_dict_hooks, load_fast_weights
+from fastbert.modules.config import FastBertConfig
+from fastbert.modules.embeddings import FastBertEmbeddings
+from fastbert.modules.encoder import FastBertEncoder
+
+# Keyword arguments HF heads may forward to the base model that do not change its result.
+_IGNORED_KWARGS = {"use_cache", "cache", "past_key_values", "num_items_in_batch", "cache_position"}
+
+_OUTPUT_ATTENTIONS_HELP = (
+    "output_attentions=True is not available: fastbert's fused attention never materializes the "
+    "attention probabilities. To inspect them, run the model without fastbert.optimize, loaded with "
+    "attn_implementation='eager'."
+)
+
+
+class FastBaseModelMixin:
+    """Forward of an optimized HF base model; mixed in before the original HF class."""
+
+    _fastbert_adapter: FamilyAdapter
+    _fastbert_config: FastBertConfig
+    _fastbert_arg_names: tuple[str, ...]
+
+    def forward(self, *args, **kwargs):
+        """Same arguments and outputs as the HF base model's forward (see its docs)."""
+        names = self._fastbert_arg_names
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__}.forward takes at most {len(names)} positional arguments")
+        for name, value in zip(names, args):
+            if name in kwargs:
+                raise TypeError(f"{type(self).__name__}.forward got multiple values for argument {name!r}")
+            kwargs[name] = value
+        input_ids = kwargs.pop("input_ids", None)
+        attention_mask = kwargs.pop("attention_mask", None)
+        token_type_ids = kwargs.pop("token_type_ids", None)
+        position_ids = kwargs.pop("position_ids", None)
+        inputs_embeds = kwargs.pop("inputs_embeds", None)
+        output_attentions = kwargs.pop("output_attentions", None)
+        output_hidden_states = kwargs.pop("output_hidden_states", None)
+        return_dict = kwargs.pop("return_dict", None)
+        for name in ("head_mask", "encoder_hidden_states", "encoder_attention_mask"):
+            if kwargs.pop(name, None) is not None:
+                raise ValueError(f"{name} is not supported by fastbert's encoder; pass None")
+        unknown = sorted(k for k, v in kwargs.items() if k not in _IGNORED_KWARGS and v is not None)
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.forward got unsupported arguments {unknown}")
+
+        config = self.config
+        if output_attentions is None:
+            output_attentions = getattr(config, "output_attentions", False)
+        if output_attentions:
+            raise ValueError(_OUTPUT_ATTENTIONS_HELP)
+        if output_hidden_states is None:
+            output_hidden_states = getattr(config, "output_hidden_states", False)
+        if return_dict is None:
+            return_dict = getattr(config, "use_return_dict", getattr(config, "return_dict", True))
+
+        hidden = self.embeddings(
+            input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
+        )
+        sequence_output, hidden_states = self.encoder(
+            hidden, attention_mask=attention_mask, output_hidden_states=output_hidden_states
+        )
+        fields = {"last_hidden_state": sequence_output}
+        pooled = self._fastbert_adapter.pool(self, sequence_output)
+        output_class = self._fastbert_adapter.output_class()
+        if "pooler_output" in output_class.__dataclass_fields__:
+            fields["pooler_output"] = pooled
+        if output_hidden_states:
+            fields["hidden_states"] = hidden_states
+        output = output_class(**fields)
+        return output if return_dict else output.to_tuple()
+
+
+_FAST_CLASSES: dict[type, type] = {}
+
+
+def fast_class(hf_class: type) -> type:
+    """The subclass of ``hf_class`` whose forward is fastbert's (one per HF class).
+
+    It keeps the HF class's ``__name__`` so ``save_pretrained`` records the original
+    architecture, and is registered in this module so instances pickle.
+    """
+    if hf_class not in _FAST_CLASSES:
+        qualname = f"Fast{hf_class.__name__}"
+        cls = type(hf_class.__name__, (FastBaseModelMixin, hf_class), {"__module__": __name__, "__qualname__": qualname})
+        setattr(sys.modules[__name__], qualname, cls)
+        _FAST_CLASSES[hf_class] = cls
+    return _FAST_CLASSES[hf_class]
+
+
+def is_optimized(base: nn.Module) -> bool:
+    """Whether ``base`` is an HF base model already converted by fastbert."""
+    return isinstance(base, FastBaseModelMixin)
+
+
+def _positional_names(hf_class: type) -> tuple[str, ...]:
+    params = list(inspect.signature(hf_class.forward).parameters.values())[1:]
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return tuple(p.name for p in params if p.kind in kinds)
+
+
+@torch.no_grad()
+def convert_base_model(base: nn.Module, adapter: FamilyAdapter) -> nn.Module:
+    """Rewire the HF base model ``base`` in place to run fastbert's embeddings and encoder."""
+    hf_config = base.config
+    adapter.check_supported(hf_config)
+    config = adapter.config_from_hf(hf_config)
+    weight_map = adapter.weight_map(hf_config, config)
+    word = base.embeddings.word_embeddings.weight
+    hf_state = base.state_dict()
+
+    embeddings = FastBertEmbeddings(config, device="meta")
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm"):
+        if getattr(embeddings, name) is not None:
+            setattr(embeddings, name, getattr(base.embeddings, name))
+    projection = adapter.hf_projection_module(base, config)
+    if projection is not None:
+        embeddings.projection = projection
+    embeddings.train(base.training)
+
+    encoder = FastBertEncoder(config, device="meta").to_empty(device=word.device).to(word.dtype)
+    load_fast_weights(encoder, hf_state, weight_map, prefix="encoder.")
+    encoder.train(base.training)
+
+    hf_class = type(base)
+    for attr in adapter.replaced_attrs(config):
+        delattr(base, attr)
+    base.embeddings = embeddings
+    base.encoder = encoder
+    base._fastbert_adapter = adapter
+    base._fastbert_config = config
+    base._fastbert_arg_names = _positional_names(hf_class)
+    base.__class__ = fast_class(hf_class)
+    install_state_dict_hooks(base, weight_map)
+    return base

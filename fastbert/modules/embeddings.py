@@ -1,0 +1,120 @@
+"""FastBertEmbeddings: token, position and token-type embeddings, LayerNorm, dropout, optional projection."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fastbert import ops
+from fastbert.modules.config import FastBertConfig
+from fastbert.modules.validation import check_index_range, value_checks_enabled
+
+
+class FastBertEmbeddings(nn.Module):
+    """Embedding layer of a BERT-family encoder.
+
+    Submodule names follow Hugging Face's (``word_embeddings``, ``position_embeddings``,
+    ``token_type_embeddings``, ``LayerNorm``) so that tied output layers and
+    ``get_input_embeddings`` keep working on an optimized model. ``projection`` maps a
+    factorized ``embedding_size`` to ``hidden_size`` (ALBERT, ELECTRA).
+    """
+
+    def __init__(self, config: FastBertConfig, device=None, dtype=None) -> None:
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        dim = config.embedding_dim
+        self.config = config
+        self.word_embeddings = nn.Embedding(config.vocab_size, dim, padding_idx=config.pad_token_id, **kw)
+        pos_padding = config.pad_token_id if config.position_ids_from_padding else None
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, dim, padding_idx=pos_padding, **kw)
+        self.token_type_embeddings = (
+            nn.Embedding(config.type_vocab_size, dim, **kw) if config.type_vocab_size > 0 else None
+        )
+        self.LayerNorm = nn.LayerNorm(dim, eps=config.layer_norm_eps, **kw)
+        self.projection = nn.Linear(dim, config.hidden_size, **kw) if config.has_projection else None
+
+    def position_ids_for(self, input_ids: torch.Tensor | None, batch: int, seq: int, device) -> torch.Tensor:
+        """Default position ids: ``0..seq-1``, or RoBERTa's numbering from the padding index."""
+        cfg = self.config
+        if not cfg.position_ids_from_padding:
+            return torch.arange(seq, device=device)[None, :]
+        pad = cfg.pad_token_id
+        if input_ids is None:
+            return torch.arange(pad + 1, seq + pad + 1, device=device)[None, :]
+        real = (input_ids != pad).long()
+        return torch.cumsum(real, dim=1) * real + pad
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Embed ``input_ids`` (or take ``inputs_embeds``); returns ``(batch, seq, hidden_size)``."""
+        cfg = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("exactly one of input_ids and inputs_embeds must be given")
+        if input_ids is not None:
+            _check_ids("input_ids", input_ids, None)
+            batch, seq = input_ids.shape
+        else:
+            if not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.dim() != 3:
+                raise ValueError(f"inputs_embeds must be a 3D tensor (batch, seq, {cfg.embedding_dim})")
+            if inputs_embeds.shape[-1] != cfg.embedding_dim:
+                raise ValueError(
+                    f"inputs_embeds' last dimension must be the embedding size {cfg.embedding_dim}, "
+                    f"got {inputs_embeds.shape[-1]}"
+                )
+            batch, seq = inputs_embeds.shape[:2]
+        if batch == 0 or seq == 0:
+            raise ValueError(f"the batch is empty: (batch, seq) = {(batch, seq)}; need at least one token")
+        if seq > cfg.max_sequence_length:
+            raise ValueError(
+                f"sequence length {seq} exceeds the model's position table: at most {cfg.max_sequence_length} tokens"
+            )
+        device = self.word_embeddings.weight.device
+        if position_ids is None:
+            position_ids = self.position_ids_for(input_ids, batch, seq, device)
+        else:
+            _check_ids("position_ids", position_ids, (batch, seq))
+        if token_type_ids is not None:
+            if self.token_type_embeddings is None:
+                raise ValueError("token_type_ids were given but this model has no token-type embeddings")
+            _check_ids("token_type_ids", token_type_ids, (batch, seq))
+        if value_checks_enabled():
+            if input_ids is not None:
+                check_index_range("input_ids", input_ids, cfg.vocab_size, "the vocabulary")
+            check_index_range("position_ids", position_ids, cfg.max_position_embeddings, "the position table")
+            if token_type_ids is not None:
+                check_index_range("token_type_ids", token_type_ids, cfg.type_vocab_size, "the token types")
+        h = ops.embeddings(
+            input_ids,
+            position_ids,
+            token_type_ids,
+            self.word_embeddings.weight,
+            self.position_embeddings.weight,
+            None if self.token_type_embeddings is None else self.token_type_embeddings.weight,
+            self.LayerNorm.weight,
+            self.LayerNorm.bias,
+            self.LayerNorm.eps,
+            inputs_embeds=inputs_embeds,
+            dropout_p=cfg.hidden_dropout_prob if self.training else 0.0,
+        )
+        if self.projection is not None:
+            h = ops.linear(h, self.projection.weight, self.projection.bias)
+        return h
+
+
+def _check_ids(name: str, ids, shape) -> None:
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (torch.long), got {ids.dtype}")
+    if shape is None:
+        if ids.dim() != 2:
+            raise ValueError(f"{name} must be 2D (batch, seq), got shape {tuple(ids.shape)}")
+        return
+    padded = (1,) * (2 - ids.dim()) + tuple(ids.shape)
+    if ids.dim() > 2 or any(s not in (1, t) for s, t in zip(padded, shape)):
+        raise ValueError(f"{name} of shape {tuple(ids.shape)} must broadcast to (batch, seq) = {shape}")

@@ -1,0 +1,92 @@
+"""FastBertEncoder: a stack of FastBertLayers (optionally sharing weights, as ALBERT does)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from fastbert.modules.config import FastBertConfig
+from fastbert.modules.init import init_bert_weights
+from fastbert.modules.layer import FastBertLayer
+from fastbert.modules.masks import normalize_attention_mask
+
+
+class EncoderOutput(NamedTuple):
+    """What :class:`FastBertEncoder` returns."""
+
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None
+
+
+class FastBertEncoder(nn.Module):
+    """The transformer stack of a BERT-family model, as a plain ``nn.Module``.
+
+    ``FastBertEncoder(config)`` builds randomly initialized layers;
+    ``FastBertEncoder.from_hf(model)`` copies a Hugging Face model's encoder weights.
+    ``config.layer_schedule`` lets several applied layers share one set of weights.
+    """
+
+    def __init__(self, config: FastBertConfig, device=None, dtype=None) -> None:
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList(
+            FastBertLayer(
+                config.hidden_size,
+                config.num_attention_heads,
+                config.intermediate_size,
+                config.hidden_act,
+                config.layer_norm_eps,
+                config.attention_probs_dropout_prob,
+                config.attention_output_dropout,
+                config.ffn_output_dropout,
+                device=device,
+                dtype=dtype,
+            )
+            for _ in range(config.num_unique_layers)
+        )
+        init_bert_weights(self, config.initializer_range)
+
+    @classmethod
+    def from_hf(cls, model: nn.Module) -> "FastBertEncoder":
+        """A new encoder holding copies of the encoder weights of a Hugging Face model
+        (base or task model of a supported family). The HF model is not modified."""
+        from fastbert.models import encoder_from_hf
+
+        return encoder_from_hf(model)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> EncoderOutput:
+        """Run every layer on ``(batch, seq, hidden)`` hidden states.
+
+        ``attention_mask``: None, a 2D ``(batch, seq)`` padding mask (nonzero = token), or a
+        3D/4D mask (bool/integer: True = attend; float: additive). With
+        ``output_hidden_states`` the input and every layer's output are returned too.
+        """
+        if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != 3:
+            raise ValueError(f"hidden_states must be a 3D tensor (batch, seq, {self.config.hidden_size})")
+        if hidden_states.shape[-1] != self.config.hidden_size:
+            raise ValueError(
+                f"hidden_states' last dimension must be hidden_size={self.config.hidden_size}, "
+                f"got {hidden_states.shape[-1]}"
+            )
+        batch, seq = hidden_states.shape[:2]
+        if batch == 0 or seq == 0:
+            raise ValueError(f"the batch is empty: (batch, seq) = {(batch, seq)}; need at least one token")
+        mask = normalize_attention_mask(attention_mask, batch, seq)
+        if mask is not None and mask.dim() == 4 and mask.shape[1] not in (1, self.config.num_attention_heads):
+            raise ValueError(
+                f"attention_mask's head dimension ({mask.shape[1]}) must be 1 or "
+                f"num_attention_heads={self.config.num_attention_heads}"
+            )
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        for index in self.config.schedule:
+            hidden_states = self.layers[index](hidden_states, attn_mask=mask)
+            if all_hidden is not None:
+                all_hidden = all_hidden + (hidden_states,)
+        return EncoderOutput(hidden_states, all_hidden)

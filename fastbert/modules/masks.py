@@ -1,0 +1,37 @@
+"""Attention-mask normalization: the masks users pass -> the form ``ops.attention`` takes."""
+
+from __future__ import annotations
+
+import torch
+
+
+def normalize_attention_mask(mask: torch.Tensor | None, batch: int, seq: int) -> torch.Tensor | None:
+    """Turn a user mask into a 4D mask broadcastable to ``(batch, heads, seq, seq)``.
+
+    - 2D ``(batch, seq)`` padding mask, any dtype, nonzero = real token -> bool ``(batch, 1, 1, seq)``.
+    - 3D ``(batch, q, k)`` -> same rules as 4D with a head axis inserted.
+    - 4D: bool (True = attend) and integer (nonzero = attend) become bool; floating
+      masks are additive (0 = attend, large negative or -inf = masked) and kept as is.
+    Raises ValueError naming the expected shape when the mask does not fit.
+    """
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"attention_mask must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.dim() == 2:
+        if tuple(mask.shape) != (batch, seq):
+            raise ValueError(f"attention_mask of shape {tuple(mask.shape)} must be (batch, seq) = {(batch, seq)}")
+        return (mask != 0)[:, None, None, :]
+    if mask.dim() == 3:
+        mask = mask[:, None]
+    if mask.dim() != 4:
+        raise ValueError(f"attention_mask must be 2D (batch, seq), 3D or 4D, got shape {tuple(mask.shape)}")
+    b, _, q, k = mask.shape
+    if b not in (1, batch) or q not in (1, seq) or k != seq:
+        raise ValueError(
+            f"attention_mask of shape {tuple(mask.shape)} must broadcast to (batch, heads, seq, seq) with "
+            f"batch={batch}, seq={seq}"
+        )
+    if mask.dtype == torch.bool or mask.is_floating_point():
+        return mask
+    return mask != 0

@@ -1,0 +1,49 @@
+"""Residual add + bias + dropout + LayerNorm: the glue after each GEMM of a post-LN layer."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fastbert.ops import dispatch
+
+
+def add_layernorm(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    *,
+    x_bias: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """``LayerNorm(dropout(x + x_bias) + residual)`` over the last dimension.
+
+    ``x`` is typically a GEMM output without its bias (``x_bias`` is added here so a
+    kernel can fuse it); ``residual`` may be None; ``weight``/``bias`` are the
+    LayerNorm's affine parameters. Statistics are computed in float32.
+    """
+    hidden = x.shape[-1]
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+    for name, t in (("weight", weight), ("bias", bias), ("x_bias", x_bias)):
+        if t is not None and t.shape != (hidden,):
+            raise ValueError(f"{name} must have shape ({hidden},), got {tuple(t.shape)}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    fn = dispatch.implementation("add_layernorm", x.device)
+    return fn(x, residual, weight, bias, eps, x_bias=x_bias, dropout_p=dropout_p)
+
+
+@dispatch.register("add_layernorm", "torch")
+def add_layernorm_reference(x, residual, weight, bias, eps, *, x_bias=None, dropout_p=0.0):
+    """Plain-PyTorch reference; half-precision inputs are normalized in float32."""
+    h = x if x_bias is None else x + x_bias
+    if dropout_p > 0.0:
+        h = F.dropout(h, p=dropout_p, training=True)
+    if residual is not None:
+        h = h + residual
+    if h.dtype in (torch.float16, torch.bfloat16):
+        return F.layer_norm(h.float(), (h.shape[-1],), weight.float(), bias.float(), eps).to(h.dtype)
+    return F.layer_norm(h, (h.shape[-1],), weight, bias, eps)

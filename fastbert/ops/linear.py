@@ -1,0 +1,63 @@
+"""Linear layer with an optional fused activation: ``act(x @ weightᵀ + bias)``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fastbert.ops import dispatch
+
+
+def _gelu_erf(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x)
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+# Hugging Face activation names -> reference function. "gelu_new", "gelu_fast" and
+# "gelu_pytorch_tanh" are the same tanh approximation written three ways.
+ACTIVATIONS = {
+    "gelu": _gelu_erf,
+    "gelu_new": _gelu_tanh,
+    "gelu_fast": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def canonical_activation(name: str | None) -> str | None:
+    """Canonical activation name ('gelu', 'gelu_tanh', 'relu', 'silu') or None; ValueError if unknown."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ValueError(f"activation must be None or one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return {"gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "swish": "silu"}.get(
+        name, name
+    )
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str | None = None
+) -> torch.Tensor:
+    """``activation(x @ weight.T + bias)`` over the last dimension of ``x``.
+
+    ``weight`` is ``(out_features, in_features)`` as in ``nn.Linear``; ``activation`` is
+    None or a Hugging Face activation name from :data:`ACTIVATIONS`.
+    """
+    canonical_activation(activation)
+    if x.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"x's last dimension ({x.shape[-1]}) must equal weight's in_features ({weight.shape[-1]})")
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    return dispatch.implementation("linear", x.device)(x, weight, bias, activation)
+
+
+@dispatch.register("linear", "torch")
+def linear_reference(x, weight, bias=None, activation=None):
+    """Plain-PyTorch reference: ``F.linear`` then the activation."""
+    y = F.linear(x, weight, bias)
+    return y if activation is None else ACTIVATIONS[activation](y)
