@@ -45,7 +45,8 @@ def hf_base_model(model: nn.Module) -> nn.Module:
 
 
 def encoder_from_hf(model: nn.Module):
-    """A new FastBertEncoder with copies of an HF model's encoder weights (the HF model is unchanged)."""
+    """A new FastBertEncoder with copies of an HF model's encoder weights, in the HF model's
+    train/eval mode (the HF model is unchanged)."""
     from fastbert.modules.encoder import FastBertEncoder
 
     base = hf_base_model(model)
@@ -55,7 +56,7 @@ def encoder_from_hf(model: nn.Module):
     reference = base.get_input_embeddings().weight
     encoder = FastBertEncoder(config, device="meta").to_empty(device=reference.device).to(reference.dtype)
     load_fast_weights(encoder, base.state_dict(), adapter.weight_map(base.config, config), prefix="encoder.")
-    return encoder
+    return encoder.train(base.training)
 
 
 __all__ = ["ADAPTERS", "FamilyAdapter", "adapter_for", "encoder_from_hf", "hf_base_model", "supported_model_types"]

@@ -71,7 +71,7 @@ class FastBaseModelMixin:
         if output_hidden_states is None:
             output_hidden_states = getattr(config, "output_hidden_states", False)
         if return_dict is None:
-            return_dict = getattr(config, "use_return_dict", getattr(config, "return_dict", True))
+            return_dict = getattr(config, "return_dict", True)
 
         hidden = self.embeddings(
             input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds

@@ -11,7 +11,7 @@ class ElectraAdapter(FamilyAdapter):
     name = "ELECTRA"
     model_types = ("electra",)
     hf_projection = "embeddings_project"  # present only when embedding_size != hidden_size
-    output_class_name = "BaseModelOutputWithCrossAttentions"
+    output_class_name = "BaseModelOutputWithPastAndCrossAttentions"
 
     def config_from_hf(self, hf_config):
         """FastBertConfig of an ``ElectraConfig``."""

@@ -1,0 +1,179 @@
+"""Numerics check: Hugging Face and fastbert side by side on the same inputs, per layer.
+
+The reference is the HF model itself, run in float64 on the CPU (float32 on a GPU);
+fastbert runs in the requested dtype. Errors are measured on real (non-padded) tokens
+in float64: ``rel = ||out - ref|| / ||ref||`` and the max absolute difference. Targets
+(DESIGN.md): float32 < 1e-5 relative, float16/bfloat16 < 1e-2; NaN never passes.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from fastbert.ops import dispatch
+
+TARGETS = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Row:
+    """Error of one compared tensor."""
+
+    name: str
+    max_abs: float
+    rel: float
+    passed: bool
+
+
+@dataclass
+class CheckReport:
+    """Everything ``fastbert check`` measured."""
+
+    model: str
+    dtype: str
+    device: str
+    backend: str
+    reference: str
+    target: float
+    inputs: str
+    shape: tuple[int, int]
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """True when every row is within the target and finite."""
+        return bool(self.rows) and all(r.passed for r in self.rows)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        d = asdict(self)
+        d["passed"] = self.passed
+        return d
+
+
+def compare(out: torch.Tensor, ref: torch.Tensor, token_mask: torch.Tensor | None) -> tuple[float, float]:
+    """(max abs, relative norm error) of ``out`` vs ``ref`` over real tokens, in float64."""
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    if token_mask is not None and out.dim() == 3:
+        keep = token_mask.bool().cpu()
+        out, ref = out[keep], ref[keep]
+    diff = out - ref
+    max_abs = diff.abs().max().item() if diff.numel() else 0.0
+    denom = ref.norm().item()
+    rel = diff.norm().item() / denom if denom > 0 else diff.norm().item()
+    return max_abs, rel
+
+
+def make_inputs(model, model_dir: str | None, batch: int, seq_len: int, seed: int):
+    """Tokenized real sentences when ``model_dir`` has a tokenizer, else seeded random ids
+    with mixed lengths (one full-length row, others padded). Returns (inputs, description)."""
+    if model_dir is not None:
+        try:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        except Exception:
+            tokenizer = None
+        if tokenizer is not None:
+            from fastbert.data import sentences
+
+            enc = tokenizer(sentences()[:batch], padding=True, truncation=True, max_length=seq_len, return_tensors="pt")
+            return dict(enc), f"{len(enc['input_ids'])} real sentences through the checkpoint's tokenizer"
+    cfg = model.config
+    gen = torch.Generator().manual_seed(seed)
+    low = 3 if getattr(cfg, "pad_token_id", 0) in (0, 1, 2) else 0
+    vocab = cfg.vocab_size
+    ids = torch.randint(low, vocab, (batch, seq_len), generator=gen)
+    lengths = torch.randint(1, seq_len + 1, (batch,), generator=gen)
+    lengths[0] = seq_len
+    mask = (torch.arange(seq_len)[None, :] < lengths[:, None]).long()
+    pad = getattr(cfg, "pad_token_id", 0) or 0
+    ids = ids.masked_fill(mask == 0, pad)
+    return {"input_ids": ids, "attention_mask": mask}, f"random ids, batch {batch}, lengths {lengths.tolist()}"
+
+
+def run_check(
+    model_dir: str | None = None,
+    arch: str | None = None,
+    dtype: str = "float32",
+    device: str | None = None,
+    batch: int = 8,
+    seq_len: int = 64,
+    seed: int = 0,
+) -> CheckReport:
+    """Compare fastbert against HF on a local checkpoint (``model_dir``) or a named ``arch``."""
+    import fastbert
+    from fastbert.configs import random_hf_model
+
+    if (model_dir is None) == (arch is None):
+        raise ValueError("give exactly one of model_dir (a local HF checkpoint) and arch (e.g. 'bert-base')")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    if batch < 1 or seq_len < 1:
+        raise ValueError(f"batch and seq_len must be positive, got {batch} and {seq_len}")
+    torch_dtype = DTYPES[dtype]
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if model_dir is not None:
+        from transformers import AutoModel
+
+        if not Path(model_dir).is_dir():
+            raise ValueError(f"model_dir {model_dir!r} is not a directory holding an HF checkpoint")
+        hf = AutoModel.from_pretrained(model_dir).eval()
+        name = str(model_dir)
+    else:
+        hf = random_hf_model(arch, seed)
+        name = f"{arch} (random weights, seed {seed})"
+
+    inputs, description = make_inputs(hf, model_dir, batch, seq_len, seed)
+    ref_dtype = torch.float64 if device == "cpu" else torch.float32
+    reference = copy.deepcopy(hf).to(device=device, dtype=ref_dtype)
+    candidate = fastbert.optimize(copy.deepcopy(hf).to(device=device, dtype=torch_dtype))
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    with torch.no_grad():
+        ref_out = reference(**inputs, output_hidden_states=True)
+        with dispatch.record_dispatch() as log:
+            out = candidate(**inputs, output_hidden_states=True)
+    backends = sorted({b for _, b in log})
+    token_mask = inputs.get("attention_mask")
+    report = CheckReport(
+        model=name,
+        dtype=dtype,
+        device=device,
+        backend="+".join(backends),
+        reference=f"HF {type(hf).__name__} in {str(ref_dtype).replace('torch.', '')}",
+        target=TARGETS[torch_dtype],
+        inputs=description,
+        shape=tuple(inputs["input_ids"].shape),
+    )
+    pairs = [("embeddings" if i == 0 else f"layer {i}", o, r) for i, (o, r) in enumerate(zip(out.hidden_states, ref_out.hidden_states))]
+    pairs.append(("last_hidden_state", out.last_hidden_state, ref_out.last_hidden_state))
+    if getattr(ref_out, "pooler_output", None) is not None:
+        pairs.append(("pooler_output", out.pooler_output, ref_out.pooler_output))
+    for label, o, r in pairs:
+        max_abs, rel = compare(o, r, token_mask)
+        finite = bool(torch.isfinite(o).all())
+        report.rows.append(Row(label, max_abs, rel, finite and rel < report.target))
+    return report
+
+
+def format_report(report: CheckReport) -> str:
+    """The report as a terminal table."""
+    lines = [
+        f"model:     {report.model}",
+        f"inputs:    {report.inputs} -> (batch, seq) = {report.shape}",
+        f"reference: {report.reference}",
+        f"fastbert:  dtype {report.dtype}, device {report.device}, backend {report.backend}",
+        f"target:    relative error < {report.target:g} on real tokens, finite",
+        "",
+        f"{'tensor':<20}{'max abs err':>14}{'rel err':>14}  verdict",
+    ]
+    for r in report.rows:
+        lines.append(f"{r.name:<20}{r.max_abs:>14.3e}{r.rel:>14.3e}  {'pass' if r.passed else 'FAIL'}")
+    lines.append("")
+    lines.append("PASS" if report.passed else "FAIL: fastbert differs from HF beyond the target")
+    return "\n".join(lines)

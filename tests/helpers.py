@@ -1,0 +1,73 @@
+"""Shared test helpers: error measures and small random HF models of every family."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor, token_mask: torch.Tensor | None = None) -> float:
+    """``||out - ref|| / ||ref||`` in float64, over real tokens when ``token_mask`` is given.
+    NaN anywhere gives inf, so NaN never passes a tolerance."""
+    out, ref = out.detach().double(), ref.detach().double()
+    if token_mask is not None:
+        keep = token_mask.bool()
+        out, ref = out[keep], ref[keep]
+    if not torch.isfinite(out).all():
+        return float("inf")
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def padded_batch(vocab: int, lengths: list[int], pad_id: int, seed: int, low: int = 3):
+    """Random ids ``(batch, max(lengths))`` padded with ``pad_id`` and the matching 0/1 mask."""
+    gen = torch.Generator().manual_seed(seed)
+    seq = max(lengths)
+    ids = torch.randint(low, vocab, (len(lengths), seq), generator=gen)
+    mask = (torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]).long()
+    return ids.masked_fill(mask == 0, pad_id), mask
+
+
+# Unusual sizes on purpose: head dim 24, odd intermediate sizes, 1-3 layers.
+def family_configs():
+    """``{family: HF config}`` with odd sizes, one per supported family."""
+    from transformers import AlbertConfig, BertConfig, DistilBertConfig, ElectraConfig, RobertaConfig, XLMRobertaConfig
+
+    common = dict(vocab_size=211, max_position_embeddings=80, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    return {
+        "bert": BertConfig(hidden_size=72, num_attention_heads=3, num_hidden_layers=2, intermediate_size=101, **common),
+        "roberta": RobertaConfig(
+            hidden_size=48, num_attention_heads=2, num_hidden_layers=3, intermediate_size=77, pad_token_id=1,
+            type_vocab_size=1, **common,
+        ),
+        "xlm-roberta": XLMRobertaConfig(
+            hidden_size=72, num_attention_heads=3, num_hidden_layers=1, intermediate_size=53, pad_token_id=1, **common
+        ),
+        "distilbert": DistilBertConfig(
+            vocab_size=211, max_position_embeddings=80, dim=72, n_heads=3, n_layers=2, hidden_dim=101
+        ),
+        "albert": AlbertConfig(
+            embedding_size=40, hidden_size=72, num_attention_heads=3, num_hidden_layers=3, intermediate_size=91,
+            hidden_act="gelu_new", **common,
+        ),
+        "electra": ElectraConfig(
+            embedding_size=40, hidden_size=72, num_attention_heads=3, num_hidden_layers=2, intermediate_size=67, **common
+        ),
+    }
+
+
+def pad_id(config) -> int:
+    """The padding token id of an HF config (0 when unset)."""
+    return config.pad_token_id if config.pad_token_id is not None else 0
+
+
+def build(model_class, config, seed: int = 0):
+    """An HF model with seeded random weights in eval mode, and an optimized deep copy."""
+    import fastbert
+
+    torch.manual_seed(seed)
+    hf = model_class(config).eval()
+    with torch.no_grad():  # HF initializes biases to 0 and LayerNorms to 1: perturb all so mapping errors show
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return hf, fastbert.optimize(copy.deepcopy(hf))
