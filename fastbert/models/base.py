@@ -21,6 +21,7 @@ from fastbert.models.weights import install_state_dict_hooks, load_fast_weights
 from fastbert.modules.config import FastBertConfig
 from fastbert.modules.embeddings import FastBertEmbeddings
 from fastbert.modules.encoder import FastBertEncoder
+from fastbert.modules.masks import normalize_attention_mask
 
 # Keyword arguments HF heads may forward to the base model that do not change its result.
 _IGNORED_KWARGS = {"use_cache", "cache", "past_key_values", "num_items_in_batch", "cache_position"}
@@ -73,6 +74,10 @@ class FastBaseModelMixin:
         if return_dict is None:
             return_dict = getattr(config, "return_dict", True)
 
+        # The mask is checked (and normalized) before any op runs; the encoder then takes it as is.
+        shape = _batch_and_seq(input_ids, inputs_embeds)
+        if shape is not None:
+            attention_mask = normalize_attention_mask(attention_mask, *shape, self._fastbert_config.num_attention_heads)
         hidden = self.embeddings(
             input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
         )
@@ -88,6 +93,14 @@ class FastBaseModelMixin:
             fields["hidden_states"] = hidden_states
         output = output_class(**fields)
         return output if return_dict else output.to_tuple()
+
+
+def _batch_and_seq(input_ids, inputs_embeds) -> tuple[int, int] | None:
+    """(batch, seq) of the input, or None when it is malformed (the embeddings then say why)."""
+    source = input_ids if input_ids is not None else inputs_embeds
+    if isinstance(source, torch.Tensor) and source.dim() >= 2:
+        return tuple(source.shape[:2])
+    return None
 
 
 _FAST_CLASSES: dict[type, type] = {}

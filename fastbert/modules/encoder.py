@@ -78,12 +78,7 @@ class FastBertEncoder(nn.Module):
         batch, seq = hidden_states.shape[:2]
         if batch == 0 or seq == 0:
             raise ValueError(f"the batch is empty: (batch, seq) = {(batch, seq)}; need at least one token")
-        mask = normalize_attention_mask(attention_mask, batch, seq)
-        if mask is not None and mask.dim() == 4 and mask.shape[1] not in (1, self.config.num_attention_heads):
-            raise ValueError(
-                f"attention_mask's head dimension ({mask.shape[1]}) must be 1 or "
-                f"num_attention_heads={self.config.num_attention_heads}"
-            )
+        mask = normalize_attention_mask(attention_mask, batch, seq, self.config.num_attention_heads)
         all_hidden = (hidden_states,) if output_hidden_states else None
         for index in self.config.schedule:
             hidden_states = self.layers[index](hidden_states, attn_mask=mask)

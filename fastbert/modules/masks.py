@@ -5,14 +5,17 @@ from __future__ import annotations
 import torch
 
 
-def normalize_attention_mask(mask: torch.Tensor | None, batch: int, seq: int) -> torch.Tensor | None:
+def normalize_attention_mask(
+    mask: torch.Tensor | None, batch: int, seq: int, num_heads: int | None = None
+) -> torch.Tensor | None:
     """Turn a user mask into a 4D mask broadcastable to ``(batch, heads, seq, seq)``.
 
     - 2D ``(batch, seq)`` padding mask, any dtype, nonzero = real token -> bool ``(batch, 1, 1, seq)``.
     - 3D ``(batch, q, k)`` -> same rules as 4D with a head axis inserted.
     - 4D: bool (True = attend) and integer (nonzero = attend) become bool; floating
       masks are additive (0 = attend, large negative or -inf = masked) and kept as is.
-    Raises ValueError naming the expected shape when the mask does not fit.
+    Raises ValueError naming the expected shape when the mask does not fit (including a
+    head dimension other than 1 or ``num_heads``, when given).
     """
     if mask is None:
         return None
@@ -26,12 +29,14 @@ def normalize_attention_mask(mask: torch.Tensor | None, batch: int, seq: int) ->
         mask = mask[:, None]
     if mask.dim() != 4:
         raise ValueError(f"attention_mask must be 2D (batch, seq), 3D or 4D, got shape {tuple(mask.shape)}")
-    b, _, q, k = mask.shape
+    b, h, q, k = mask.shape
     if b not in (1, batch) or q not in (1, seq) or k != seq:
         raise ValueError(
             f"attention_mask of shape {tuple(mask.shape)} must broadcast to (batch, heads, seq, seq) with "
             f"batch={batch}, seq={seq}"
         )
+    if num_heads is not None and h not in (1, num_heads):
+        raise ValueError(f"attention_mask's head dimension ({h}) must be 1 or num_attention_heads={num_heads}")
     if mask.dtype == torch.bool or mask.is_floating_point():
         return mask
     return mask != 0

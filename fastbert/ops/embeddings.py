@@ -65,16 +65,21 @@ def embeddings_reference(
     inputs_embeds=None,
     dropout_p=0.0,
 ):
-    """Plain-PyTorch reference, summing in the order Hugging Face does (word, type, position)."""
+    """Plain-PyTorch reference, summing in the order Hugging Face does (word, type, position);
+    half-precision tables are summed and normalized in float32 and rounded once."""
+    out_dtype = word_weight.dtype if inputs_embeds is None else inputs_embeds.dtype
+    upcast = out_dtype in (torch.float16, torch.bfloat16)
     h = F.embedding(input_ids, word_weight) if inputs_embeds is None else inputs_embeds
+    if upcast:
+        h = h.float()
     if token_type_weight is not None:
         if token_type_ids is None:
             h = h + token_type_weight[0]
         else:
             h = h + F.embedding(token_type_ids, token_type_weight)
     h = h + F.embedding(position_ids, position_weight)
-    if h.dtype in (torch.float16, torch.bfloat16):
-        h = F.layer_norm(h.float(), (h.shape[-1],), norm_weight.float(), norm_bias.float(), eps).to(h.dtype)
+    if upcast:
+        h = F.layer_norm(h, (h.shape[-1],), norm_weight.float(), norm_bias.float(), eps).to(out_dtype)
     else:
         h = F.layer_norm(h, (h.shape[-1],), norm_weight, norm_bias, eps)
     return F.dropout(h, p=dropout_p, training=True) if dropout_p > 0.0 else h

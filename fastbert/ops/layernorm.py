@@ -38,12 +38,17 @@ def add_layernorm(
 
 @dispatch.register("add_layernorm", "torch")
 def add_layernorm_reference(x, residual, weight, bias, eps, *, x_bias=None, dropout_p=0.0):
-    """Plain-PyTorch reference; half-precision inputs are normalized in float32."""
-    h = x if x_bias is None else x + x_bias
+    """Plain-PyTorch reference; half-precision inputs are summed and normalized in float32,
+    with one rounding at the end, as the fused kernel does."""
+    out_dtype = x.dtype
+    upcast = out_dtype in (torch.float16, torch.bfloat16)
+    h = x.float() if upcast else x
+    if x_bias is not None:
+        h = h + x_bias
     if dropout_p > 0.0:
         h = F.dropout(h, p=dropout_p, training=True)
     if residual is not None:
         h = h + residual
-    if h.dtype in (torch.float16, torch.bfloat16):
-        return F.layer_norm(h.float(), (h.shape[-1],), weight.float(), bias.float(), eps).to(h.dtype)
+    if upcast:
+        return F.layer_norm(h, (h.shape[-1],), weight.float(), bias.float(), eps).to(out_dtype)
     return F.layer_norm(h, (h.shape[-1],), weight, bias, eps)
