@@ -6,9 +6,10 @@ from torch import nn
 
 from fastbert.models import adapter_for, hf_base_model
 from fastbert.models.base import convert_base_model, is_optimized
+from fastbert.modules.unpad_policy import check_unpad_mode
 
 
-def optimize(model: nn.Module) -> nn.Module:
+def optimize(model: nn.Module, *, unpad: bool | str = "auto") -> nn.Module:
     """Run ``model``'s embeddings and encoder on fastbert; returns the same object.
 
     ``model`` is an HF base model (``BertModel``, ``RobertaModel``, ...) or one of its
@@ -16,12 +17,17 @@ def optimize(model: nn.Module) -> nn.Module:
     ``ForTokenClassification``, ``ForQuestionAnswering``, ``ForMultipleChoice``). Heads,
     pooler, embedding tables (and their ties), config, output classes and state-dict
     names stay as they were, so the rest of the user's code keeps working. Calling it on
-    an optimized model does nothing. Raises TypeError for unsupported families and
-    ValueError for unsupported options (decoders, relative positions, ...).
+    an optimized model only updates ``unpad``. Raises TypeError for unsupported families
+    and ValueError for unsupported options (decoders, relative positions, ...).
+
+    ``unpad``: with a padding mask, run the encoder on the packed real tokens (True),
+    never (False), or when the batch's padding fraction is above a per-device threshold
+    ("auto", see :mod:`fastbert.modules.unpad_policy`). Results on real tokens are the
+    same either way; hidden states at padded positions are zeros when unpadded.
     """
+    check_unpad_mode(unpad)
     base = hf_base_model(model)
-    if is_optimized(base):
-        return model
-    adapter = adapter_for(base.config)
-    convert_base_model(base, adapter)
+    if not is_optimized(base):
+        convert_base_model(base, adapter_for(base.config))
+    base.encoder.unpad = unpad
     return model

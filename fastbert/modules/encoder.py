@@ -11,6 +11,8 @@ from fastbert.modules.config import FastBertConfig
 from fastbert.modules.init import init_bert_weights
 from fastbert.modules.layer import FastBertLayer
 from fastbert.modules.masks import normalize_attention_mask
+from fastbert.modules.unpad_policy import padding_keep_mask, should_unpad
+from fastbert.ops.padding import pad, unpad
 
 
 class EncoderOutput(NamedTuple):
@@ -47,6 +49,7 @@ class FastBertEncoder(nn.Module):
             for _ in range(config.num_unique_layers)
         )
         init_bert_weights(self, config.initializer_range)
+        self.unpad = "auto"  # run padded batches on packed tokens: True, False or "auto"
 
     @classmethod
     def from_hf(cls, model: nn.Module) -> "FastBertEncoder":
@@ -61,27 +64,52 @@ class FastBertEncoder(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
     ) -> EncoderOutput:
         """Run every layer on ``(batch, seq, hidden)`` hidden states.
 
         ``attention_mask``: None, a 2D ``(batch, seq)`` padding mask (nonzero = token), or a
-        3D/4D mask (bool/integer: True = attend; float: additive). With
-        ``output_hidden_states`` the input and every layer's output are returned too.
+        3D/4D mask (bool/integer: True = attend; float: additive). When it is a padding
+        mask and ``self.unpad`` says so (True, False or "auto", see
+        :mod:`fastbert.modules.unpad_policy`), the layers run on the packed real tokens and
+        padded positions of the outputs are zeros.
+        Packed input: ``hidden_states`` ``(tokens, hidden)`` with ``cu_seqlens`` and
+        ``max_seqlen`` (no mask); outputs stay packed.
+        With ``output_hidden_states`` the input and every layer's output are returned too.
         """
-        if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != 3:
-            raise ValueError(f"hidden_states must be a 3D tensor (batch, seq, {self.config.hidden_size})")
+        if cu_seqlens is not None:
+            if attention_mask is not None:
+                raise ValueError("packed input (cu_seqlens) takes no attention_mask: the lengths are the mask")
+            self._check_hidden(hidden_states, 2, "(tokens, hidden)")
+            return self._run(hidden_states, output_hidden_states, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+        self._check_hidden(hidden_states, 3, "(batch, seq, hidden)")
+        batch, seq = hidden_states.shape[:2]
+        if batch == 0 or seq == 0:
+            raise ValueError(f"the batch is empty: (batch, seq) = {(batch, seq)}; need at least one token")
+        mask = normalize_attention_mask(attention_mask, batch, seq, self.config.num_attention_heads)
+        keep = padding_keep_mask(mask, batch) if self.unpad is not False else None
+        if not should_unpad(self.unpad, keep):
+            return self._run(hidden_states, output_hidden_states, attn_mask=mask)
+        packed = unpad(hidden_states, keep)
+        out = self._run(packed.packed, output_hidden_states, cu_seqlens=packed.cu_seqlens, max_seqlen=packed.max_seqlen)
+        restore = lambda h: pad(h, packed.indices, batch, seq)  # noqa: E731
+        hidden = None if out.hidden_states is None else tuple(restore(h) for h in out.hidden_states)
+        return EncoderOutput(restore(out.last_hidden_state), hidden)
+
+    def _run(self, hidden_states, output_hidden_states, **attention_args) -> EncoderOutput:
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        for index in self.config.schedule:
+            hidden_states = self.layers[index](hidden_states, **attention_args)
+            if all_hidden is not None:
+                all_hidden = all_hidden + (hidden_states,)
+        return EncoderOutput(hidden_states, all_hidden)
+
+    def _check_hidden(self, hidden_states, dims: int, layout: str) -> None:
+        if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != dims:
+            raise ValueError(f"hidden_states must be a {dims}D tensor {layout}, got {getattr(hidden_states, 'shape', None)}")
         if hidden_states.shape[-1] != self.config.hidden_size:
             raise ValueError(
                 f"hidden_states' last dimension must be hidden_size={self.config.hidden_size}, "
                 f"got {hidden_states.shape[-1]}"
             )
-        batch, seq = hidden_states.shape[:2]
-        if batch == 0 or seq == 0:
-            raise ValueError(f"the batch is empty: (batch, seq) = {(batch, seq)}; need at least one token")
-        mask = normalize_attention_mask(attention_mask, batch, seq, self.config.num_attention_heads)
-        all_hidden = (hidden_states,) if output_hidden_states else None
-        for index in self.config.schedule:
-            hidden_states = self.layers[index](hidden_states, attn_mask=mask)
-            if all_hidden is not None:
-                all_hidden = all_hidden + (hidden_states,)
-        return EncoderOutput(hidden_states, all_hidden)

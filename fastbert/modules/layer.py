@@ -56,13 +56,22 @@ class FastBertLayer(nn.Module):
         hidden_states: torch.Tensor,
         attn_mask: torch.Tensor | None = None,
         key_lengths: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
     ) -> torch.Tensor:
-        """``(batch, seq, hidden)`` -> same shape; masks as in :func:`fastbert.ops.attention`."""
+        """``(batch, seq, hidden)`` -> same shape, or packed ``(tokens, hidden)`` with
+        ``cu_seqlens``/``max_seqlen``; masks as in :func:`fastbert.ops.attention`."""
         training = self.training
         attn_p = self.attention_probs_dropout_prob if training else 0.0
         qkv = ops.linear(hidden_states, self.qkv.weight, self.qkv.bias)
         context = ops.attention(
-            qkv, self.num_attention_heads, attn_mask=attn_mask, key_lengths=key_lengths, dropout_p=attn_p
+            qkv,
+            self.num_attention_heads,
+            attn_mask=attn_mask,
+            key_lengths=key_lengths,
+            dropout_p=attn_p,
+            cu_seqlens=cu_seqlens,
+            max_seqlen=max_seqlen,
         )
         attn = ops.linear(context, self.attention_output.weight)
         x1 = ops.add_layernorm(

@@ -13,6 +13,12 @@ Masks:
 - ``attn_mask`` broadcastable to ``(batch, heads, seq, seq)``: boolean (True = attend)
   or floating additive (0 = attend, large negative or -inf = masked).
 A query row whose keys are all masked produces zeros (never NaN).
+
+Packed (padding-free) input: ``qkv`` of shape ``(tokens, 3 * hidden)`` with
+``cu_seqlens`` (``(batch + 1,)`` cumulative lengths) and ``max_seqlen``; each token
+attends only within its own sequence, and the result is ``(tokens, hidden)``.
+Backends without a native variable-length kernel run it as a right-padded batch with
+``key_lengths``.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fastbert.ops import dispatch
+from fastbert.ops import dispatch, padding
 
 
 def check_attention_inputs(qkv: torch.Tensor, num_heads: int, attn_mask, key_lengths) -> None:
@@ -63,17 +69,42 @@ def attention(
     key_lengths: torch.Tensor | None = None,
     dropout_p: float = 0.0,
     scale: float | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    max_seqlen: int | None = None,
 ) -> torch.Tensor:
     """Self-attention over a fused QKV tensor; see the module docstring for layouts and masks.
 
     ``dropout_p`` drops attention probabilities (pass 0.0 in eval mode). ``scale``
-    defaults to ``1/sqrt(head_dim)``. Returns ``(batch, seq, hidden)``.
+    defaults to ``1/sqrt(head_dim)``. Returns ``(batch, seq, hidden)``, or
+    ``(tokens, hidden)`` for packed input (``cu_seqlens``/``max_seqlen``).
     """
-    check_attention_inputs(qkv, num_heads, attn_mask, key_lengths)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if cu_seqlens is not None:
+        return _varlen_attention(qkv, num_heads, cu_seqlens, max_seqlen, attn_mask, key_lengths, dropout_p, scale)
+    check_attention_inputs(qkv, num_heads, attn_mask, key_lengths)
     fn = dispatch.implementation("attention", qkv.device)
     return fn(qkv, num_heads, attn_mask=attn_mask, key_lengths=key_lengths, dropout_p=dropout_p, scale=scale)
+
+
+def _varlen_attention(qkv, num_heads, cu_seqlens, max_seqlen, attn_mask, key_lengths, dropout_p, scale):
+    """Packed attention run as a right-padded batch with per-sequence key lengths."""
+    if attn_mask is not None or key_lengths is not None:
+        raise ValueError("packed input (cu_seqlens) takes no attn_mask or key_lengths: the lengths are the mask")
+    if not isinstance(qkv, torch.Tensor) or qkv.dim() != 2:
+        raise ValueError(f"packed qkv must be 2D (tokens, 3*hidden), got {getattr(qkv, 'shape', type(qkv))}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"cu_seqlens must be a 1D int32/int64 tensor of batch + 1 offsets, got {tuple(cu_seqlens.shape)}")
+    if max_seqlen is None or int(max_seqlen) < 0:
+        raise ValueError("packed input needs max_seqlen, the longest sequence's length")
+    batch, max_seqlen = cu_seqlens.numel() - 1, int(max_seqlen)
+    indices = padding.varlen_indices(cu_seqlens, max_seqlen)
+    if indices.numel() != qkv.shape[0]:
+        raise ValueError(f"cu_seqlens describe {indices.numel()} tokens but qkv has {qkv.shape[0]} rows")
+    padded = padding.pad(qkv, indices, batch, max(max_seqlen, 1))
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
+    out = attention(padded, num_heads, key_lengths=lengths, dropout_p=dropout_p, scale=scale)
+    return padding.gather_rows(out.reshape(-1, out.shape[-1]), indices)
 
 
 def split_heads(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
