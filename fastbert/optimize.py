@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from fastbert.models import adapter_for, hf_base_model
+from fastbert.models.heads import convert_head_transforms
 from fastbert.models.base import convert_base_model, is_optimized
 from fastbert.modules.unpad_policy import check_unpad_mode
 
@@ -16,7 +17,8 @@ def optimize(model: nn.Module, *, unpad: bool | str = "auto") -> nn.Module:
     task models (``...ForSequenceClassification``, ``ForMaskedLM``, ``ForPreTraining``,
     ``ForTokenClassification``, ``ForQuestionAnswering``, ``ForMultipleChoice``). Heads,
     pooler, embedding tables (and their ties), config, output classes and state-dict
-    names stay as they were, so the rest of the user's code keeps working. Calling it on
+    names stay as they were, so the rest of the user's code keeps working. MLM head
+    transforms (dense + activation + LayerNorm) also run through fastbert ops. Calling it on
     an optimized model only updates ``unpad``. Raises TypeError for unsupported families
     and ValueError for unsupported options (decoders, relative positions, ...).
 
@@ -29,5 +31,6 @@ def optimize(model: nn.Module, *, unpad: bool | str = "auto") -> nn.Module:
     base = hf_base_model(model)
     if not is_optimized(base):
         convert_base_model(base, adapter_for(base.config))
+        convert_head_transforms(model, base.config)
     base.encoder.unpad = unpad
     return model

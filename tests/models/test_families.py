@@ -280,3 +280,20 @@ def test_encoder_from_hf_matches_hf_encoder():
         out = encoder(ref.hidden_states[0], attention_mask=mask)
     assert rel_err(out.last_hidden_state, ref.last_hidden_state, mask) < 1e-5
     assert not fastbert.models.base.is_optimized(hf)
+
+
+@pytest.mark.parametrize("cls_name", ["BertForMaskedLM", "BertForPreTraining", "ElectraForMaskedLM"])
+def test_mlm_head_transform_runs_fastbert_ops(cls_name):
+    family = "bert" if cls_name.startswith("Bert") else "electra"
+    config = family_configs()[family]
+    hf, fast = build(getattr(transformers, cls_name), config)
+    ids, mask = _inputs(config)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask)
+        with record_dispatch() as log:
+            out = fast(input_ids=ids, attention_mask=mask)
+    projection = int(family == "electra")  # ELECTRA's embeddings are projected: one more linear
+    head = 1  # the transform's dense + activation
+    assert sum(op == "linear" for op, _ in log) == 4 * config.num_hidden_layers + projection + head
+    key = "prediction_logits" if "PreTraining" in cls_name else "logits"
+    assert rel_err(out[key][mask.bool()], ref[key][mask.bool()]) < 1e-5
