@@ -31,7 +31,15 @@ def padded_batch(vocab: int, lengths: list[int], pad_id: int, seed: int, low: in
 # Unusual sizes on purpose: head dim 24, odd intermediate sizes, 1-3 layers.
 def family_configs():
     """``{family: HF config}`` with odd sizes, one per supported family."""
-    from transformers import AlbertConfig, BertConfig, DistilBertConfig, ElectraConfig, RobertaConfig, XLMRobertaConfig
+    from transformers import (
+        AlbertConfig,
+        BertConfig,
+        CamembertConfig,
+        DistilBertConfig,
+        ElectraConfig,
+        RobertaConfig,
+        XLMRobertaConfig,
+    )
 
     common = dict(vocab_size=211, max_position_embeddings=80, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
     return {
@@ -42,6 +50,9 @@ def family_configs():
         ),
         "xlm-roberta": XLMRobertaConfig(
             hidden_size=72, num_attention_heads=3, num_hidden_layers=1, intermediate_size=53, pad_token_id=1, **common
+        ),
+        "camembert": CamembertConfig(
+            hidden_size=48, num_attention_heads=2, num_hidden_layers=1, intermediate_size=37, pad_token_id=1, **common
         ),
         "distilbert": DistilBertConfig(
             vocab_size=211, max_position_embeddings=80, dim=72, n_heads=3, n_layers=2, hidden_dim=101

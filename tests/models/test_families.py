@@ -16,6 +16,7 @@ FAMILY_PREFIX = {
     "bert": "Bert",
     "roberta": "Roberta",
     "xlm-roberta": "XLMRoberta",
+    "camembert": "Camembert",
     "distilbert": "DistilBert",
     "albert": "Albert",
     "electra": "Electra",
