@@ -32,5 +32,8 @@ def optimize(model: nn.Module, *, unpad: bool | str = "auto") -> nn.Module:
     if not is_optimized(base):
         convert_base_model(base, adapter_for(base.config))
         convert_head_transforms(model, base.config)
+        # fastbert's encoder checkpoints every family, including those HF does not (ALBERT).
+        for module in {id(m): m for m in (model, base)}.values():
+            module.supports_gradient_checkpointing = True
     base.encoder.unpad = unpad
     return model

@@ -82,3 +82,12 @@ def build(model_class, config, seed: int = 0):
         for p in hf.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return hf, fastbert.optimize(copy.deepcopy(hf))
+
+
+def grads_in_hf_names(model) -> dict:
+    """The gradients of an optimized model's parameters as a state dict with HF names (NaN where none)."""
+    holder = copy.deepcopy(model)
+    with torch.no_grad():
+        for dst, src in zip(holder.parameters(), model.parameters()):
+            dst.copy_(src.grad if src.grad is not None else torch.full_like(dst, float("nan")))
+    return holder.state_dict()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from fastbert.modules.config import FastBertConfig
@@ -50,6 +52,9 @@ class FastBertEncoder(nn.Module):
         )
         init_bert_weights(self, config.initializer_range)
         self.unpad = "auto"  # run padded batches on packed tokens: True, False or "auto"
+        # Set by HF's gradient_checkpointing_enable() (it looks for this attribute), or by hand.
+        self.gradient_checkpointing = False
+        self._gradient_checkpointing_func = None
 
     @classmethod
     def from_hf(cls, model: nn.Module) -> "FastBertEncoder":
@@ -99,11 +104,26 @@ class FastBertEncoder(nn.Module):
 
     def _run(self, hidden_states, output_hidden_states, **attention_args) -> EncoderOutput:
         all_hidden = (hidden_states,) if output_hidden_states else None
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for index in self.config.schedule:
-            hidden_states = self.layers[index](hidden_states, **attention_args)
+            layer = self.layers[index]
+            if checkpointing:
+                hidden_states = self._checkpoint(layer, hidden_states, attention_args)
+            else:
+                hidden_states = layer(hidden_states, **attention_args)
             if all_hidden is not None:
                 all_hidden = all_hidden + (hidden_states,)
         return EncoderOutput(hidden_states, all_hidden)
+
+    def _checkpoint(self, layer, hidden_states, attention_args):
+        """Run ``layer`` under activation checkpointing (recomputed in backward)."""
+        fn = self._gradient_checkpointing_func
+        if fn is None:
+            fn = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+        a = attention_args
+        return fn(
+            layer.__call__, hidden_states, a.get("attn_mask"), None, a.get("cu_seqlens"), a.get("max_seqlen")
+        )
 
     def _check_hidden(self, hidden_states, dims: int, layout: str) -> None:
         if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != dims:

@@ -10,7 +10,7 @@ import transformers
 
 import fastbert
 from fastbert.ops import record_dispatch
-from tests.helpers import build, family_configs, pad_id, padded_batch, rel_err
+from tests.helpers import build, family_configs, grads_in_hf_names, pad_id, padded_batch, rel_err
 
 FAMILY_PREFIX = {
     "bert": "Bert",
@@ -105,7 +105,7 @@ def test_gradients_match_hf(family):
     labels = torch.tensor([0, 1, 1, 0, 1])
     hf(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
     fast(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
-    fast_grads = _grads_in_hf_names(fast)
+    fast_grads = grads_in_hf_names(fast)
     total = torch.sqrt(sum(p.grad.double().norm() ** 2 for p in hf.parameters() if p.grad is not None))
     compared = 0
     for name, p in hf.named_parameters():
@@ -117,15 +117,6 @@ def test_gradients_match_hf(family):
         else:
             assert rel_err(fast_grads[name], p.grad) < 1e-4, name
     assert compared == len(list(hf.parameters()))
-
-
-def _grads_in_hf_names(model):
-    """The gradients of ``model``'s parameters as a state dict with HF names (NaN where none)."""
-    holder = copy.deepcopy(model)
-    with torch.no_grad():
-        for dst, src in zip(holder.parameters(), model.parameters()):
-            dst.copy_(src.grad if src.grad is not None else torch.full_like(dst, float("nan")))
-    return holder.state_dict()
 
 
 @pytest.mark.parametrize("family", list(FAMILY_PREFIX))
