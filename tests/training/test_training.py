@@ -101,3 +101,25 @@ def test_hf_trainer_trains_an_optimized_model(tmp_path):
     model.eval()
     with torch.no_grad():
         assert rel_err(reloaded(input_ids=ids, attention_mask=mask).logits, model(input_ids=ids, attention_mask=mask).logits) < 1e-5
+
+
+def test_fp16_autocast_with_grad_scaler_steps():
+    config = family_configs()["bert"]
+    _, model = build(transformers.BertForSequenceClassification, config)
+    ids, mask = padded_batch(config.vocab_size, [9, 3, 7], 0, seed=5)
+    labels = torch.tensor([0, 1, 1])
+    before = copy.deepcopy(model.state_dict())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    scaler = torch.amp.GradScaler(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        with torch.autocast(device, dtype=torch.float16):
+            loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+    assert torch.isfinite(loss)
+    after = model.state_dict()
+    assert any(not torch.equal(before[k], after[k].cpu()) for k in before)
