@@ -5,8 +5,11 @@
 """
 
 from fastbert.modules import FastBertConfig, FastBertEmbeddings, FastBertEncoder, FastBertLayer
+from fastbert import prune
 from fastbert.optimize import optimize
 
 __version__ = "0.1.0"
 
-__all__ = ["FastBertConfig", "FastBertEmbeddings", "FastBertEncoder", "FastBertLayer", "optimize", "__version__"]
+__all__ = [
+    "FastBertConfig", "FastBertEmbeddings", "FastBertEncoder", "FastBertLayer", "optimize", "prune", "__version__"
+]

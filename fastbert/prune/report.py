@@ -1,0 +1,89 @@
+"""What pruning did: sparsity per matrix, parameters and FLOPs removed, predicted speedup."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class MatrixReport:
+    """One pruned matrix."""
+
+    name: str
+    role: str
+    shape: tuple[int, int]
+    dense_params: int
+    remaining_params: int
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the original (dense) entries that are gone."""
+        return 1.0 - self.remaining_params / self.dense_params
+
+
+@dataclass
+class PruneReport:
+    """Summary of a pruning pass over an encoder's projection matrices.
+
+    FLOPs are those of the projections per token (2 per remaining weight); attention's
+    score/value products and the glue ops are not counted. ``predicted_speedup`` is the
+    ideal ratio of dense to remaining projection FLOPs: a sparse kernel reaches it only
+    for patterns it can skip (blocks, removed heads/neurons); unstructured zeros give
+    no speedup with dense kernels.
+    """
+
+    pattern: str
+    method: str
+    target_sparsity: float
+    matrices: list[MatrixReport] = field(default_factory=list)
+
+    @property
+    def dense_params(self) -> int:
+        """Parameters of the pruned matrices before pruning."""
+        return sum(m.dense_params for m in self.matrices)
+
+    @property
+    def remaining_params(self) -> int:
+        """Non-zero (or still present) parameters after pruning."""
+        return sum(m.remaining_params for m in self.matrices)
+
+    @property
+    def sparsity(self) -> float:
+        """Overall fraction of the matrices' entries removed."""
+        return 1.0 - self.remaining_params / max(1, self.dense_params)
+
+    @property
+    def flops_removed_per_token(self) -> int:
+        """Projection FLOPs per token removed."""
+        return 2 * (self.dense_params - self.remaining_params)
+
+    @property
+    def predicted_speedup(self) -> float:
+        """Dense / remaining projection FLOPs (ideal; see the class docstring)."""
+        return self.dense_params / max(1, self.remaining_params)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form with the derived totals."""
+        d = asdict(self)
+        for m, md in zip(self.matrices, d["matrices"]):
+            md["sparsity"] = m.sparsity
+        d.update(
+            sparsity=self.sparsity,
+            dense_params=self.dense_params,
+            remaining_params=self.remaining_params,
+            flops_removed_per_token=self.flops_removed_per_token,
+            predicted_speedup=self.predicted_speedup,
+        )
+        return d
+
+    def format(self) -> str:
+        """A terminal table."""
+        lines = [f"{'matrix':<28}{'role':<18}{'shape':>14}{'sparsity':>10}"]
+        for m in self.matrices:
+            lines.append(f"{m.name:<28}{m.role:<18}{str(m.shape):>14}{m.sparsity:>10.1%}")
+        lines.append(
+            f"total: {self.sparsity:.1%} of {self.dense_params:,} projection parameters removed "
+            f"({self.dense_params - self.remaining_params:,}); {self.flops_removed_per_token:,} FLOPs/token removed; "
+            f"predicted projection speedup {self.predicted_speedup:.2f}x ({self.pattern}, {self.method})"
+        )
+        return "\n".join(lines)

@@ -1,0 +1,61 @@
+"""Gradual magnitude pruning on a cubic schedule (Zhu & Gupta), for plain loops and HF's Trainer."""
+
+from __future__ import annotations
+
+
+def cubic_sparsity(step: int, final: float, start: int, end: int, initial: float = 0.0) -> float:
+    """Target sparsity at ``step``: ``initial`` before ``start``, ``final`` after ``end``, and
+    ``final + (initial - final) * (1 - progress)**3`` in between (fast early, gentle late)."""
+    if end <= start:
+        raise ValueError(f"end ({end}) must be after start ({start})")
+    if step <= start:
+        return initial
+    if step >= end:
+        return final
+    progress = (step - start) / (end - start)
+    return final + (initial - final) * (1.0 - progress) ** 3
+
+
+class GradualPruner:
+    """Prunes a fastbert model a little more every ``frequency`` steps until ``final_sparsity``.
+
+    Plain loop: call :meth:`step` after each ``optimizer.step()``. HF Trainer: pass
+    ``pruner.trainer_callback()`` in ``callbacks``. Each pruning event runs
+    :func:`fastbert.prune.prune` with the schedule's sparsity (masks only grow).
+    """
+
+    def __init__(self, model, final_sparsity: float, start_step: int, end_step: int, frequency: int = 10,
+                 pattern: str = "unstructured", scope: str = "global", block_size: int = 32, layers=None):
+        if pattern in ("heads", "neurons", "2:4"):
+            raise ValueError("gradual pruning supports the 'unstructured' and 'block' patterns")
+        if frequency < 1:
+            raise ValueError(f"frequency must be >= 1, got {frequency}")
+        cubic_sparsity(start_step, final_sparsity, start_step, end_step)  # validates the window
+        self.model, self.final, self.start, self.end, self.frequency = model, final_sparsity, start_step, end_step, frequency
+        self.options = dict(pattern=pattern, scope=scope, block_size=block_size, layers=layers)
+        self.step_count = 0
+        self.last_report = None
+
+    def step(self):
+        """Advance one optimizer step; prune when the schedule says so. Returns the report or None."""
+        from fastbert.prune import prune
+
+        self.step_count += 1
+        due = (self.step_count - self.start) % self.frequency == 0 or self.step_count == self.end
+        if self.step_count < self.start or self.step_count > self.end or not due:
+            return None
+        target = cubic_sparsity(self.step_count, self.final, self.start, self.end)
+        self.last_report = prune(self.model, target, **self.options)
+        return self.last_report
+
+    def trainer_callback(self):
+        """A ``transformers.TrainerCallback`` that calls :meth:`step` at the end of every step."""
+        from transformers import TrainerCallback
+
+        pruner = self
+
+        class _GradualPruningCallback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                pruner.step()
+
+        return _GradualPruningCallback()

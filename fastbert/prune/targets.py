@@ -1,0 +1,48 @@
+"""Which weights pruning touches: the encoder's four projection matrices per layer."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import nn
+
+from fastbert.models import hf_base_model
+from fastbert.models.base import is_optimized
+from fastbert.modules.encoder import FastBertEncoder
+
+# FastBertLayer attribute -> short role name used in reports.
+LAYER_MATRICES = {"qkv": "attention.qkv", "attention_output": "attention.output", "intermediate": "ffn.in", "output": "ffn.out"}
+
+
+class Target(NamedTuple):
+    """One prunable matrix: where it lives and what it is."""
+
+    name: str  # e.g. "layers.3.intermediate"
+    layer: int  # index of the (possibly shared) layer
+    role: str  # "attention.qkv", "attention.output", "ffn.in", "ffn.out"
+    module: nn.Linear
+
+
+def encoder_of(model: nn.Module) -> FastBertEncoder:
+    """The FastBertEncoder of an optimized HF model, or ``model`` itself if it is one."""
+    if isinstance(model, FastBertEncoder):
+        return model
+    base = hf_base_model(model)
+    if not is_optimized(base):
+        raise TypeError("prune works on fastbert models: call fastbert.optimize(model) first (or pass a FastBertEncoder)")
+    return base.encoder
+
+
+def targets(model: nn.Module, layers=None) -> list[Target]:
+    """Prunable matrices of ``model``, optionally only those of the given layer indices."""
+    encoder = encoder_of(model)
+    count = len(encoder.layers)
+    chosen = range(count) if layers is None else list(layers)
+    for i in chosen:
+        if not 0 <= i < count:
+            raise ValueError(f"layers must be indices in [0, {count}), got {i}")
+    return [
+        Target(f"layers.{i}.{attr}", i, role, getattr(encoder.layers[i], attr))
+        for i in chosen
+        for attr, role in LAYER_MATRICES.items()
+    ]
