@@ -1,4 +1,4 @@
-"""The ``fastbert`` command line: ``fastbert check``, ``fastbert compile-check``, ..."""
+"""The ``fastbert`` command line: ``fastbert check``, ``bench``, ``profile``, ``compile-check``, ..."""
 
 from __future__ import annotations
 
@@ -44,6 +44,87 @@ def _run_check(args) -> int:
     return 0 if report.passed else 1
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time HF eager / HF SDPA / torch.compile / fastbert (/ CUDA graphs) over a sweep of shapes",
+        description="Sweep models x batch sizes x sequence lengths x dtypes (plus variable-length batches) and time, "
+        "in one process on the same inputs, HF eager, HF SDPA, torch.compile of HF SDPA, fastbert and, on a GPU, "
+        "fastbert in a CUDA graph. Prints a table; writes bench.json, bench.csv and PNG plots to --out. "
+        "Defaults: on a GPU bert-base and bert-large, batch 1 8 32 128 256, seq 128 512, fp16 and bf16; "
+        "without one a small CPU sweep (bert-tiny, minilm-l6, batch 1 8, seq 32 128, fp32).",
+    )
+    p.add_argument("--arch", action="extend", nargs="+", help="named architectures with random weights: "
+                   "bert-tiny, minilm-l6, bert-base, bert-large, roberta-base, distilbert-base, albert-base, electra-base")
+    p.add_argument("--model-dir", action="extend", nargs="+", help="local Hugging Face checkpoint directories")
+    p.add_argument("--batch", type=int, nargs="+", help="batch sizes")
+    p.add_argument("--seq-len", type=int, nargs="+", help="sequence lengths (padded length of every batch)")
+    p.add_argument("--dtype", nargs="+", help="fp32 fp16 bf16 (or float32 float16 bfloat16)")
+    p.add_argument("--no-varlen", action="store_true", help="skip the variable-length batches (lengths uniform in [16, seq])")
+    p.add_argument("--variants", nargs="+", help="subset of hf_eager hf_sdpa hf_compile fastbert fastbert_cudagraph")
+    p.add_argument("--compile", action="store_true", help="include torch.compile on the CPU (skipped there by default)")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile everywhere")
+    p.add_argument("--quick", action="store_true", help="smaller default sweep (GPU: bert-base, batch 1 32 128)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--warmup", type=int, help="warm-up calls per variant and configuration (default GPU 5, CPU 1)")
+    p.add_argument("--repeats", type=int, help="most timed calls per variant and configuration (default GPU 30, CPU 10)")
+    p.add_argument("--max-time-per-variant", type=float, metavar="SECONDS",
+                   help="fewer repeats (never under 3) when they would take longer than this (default GPU 1.0, CPU 0.5)")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="start no configuration after this many seconds; the rest are recorded as skipped")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); recorded in the metadata")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output directory (default ./fastbert-out/bench-<timestamp>)")
+    p.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
+    p.set_defaults(func=_run_bench)
+
+
+def _run_bench(args) -> int:
+    from fastbert.bench.command import run_bench_command
+
+    try:
+        return run_bench_command(args)
+    except ValueError as exc:
+        print(f"fastbert bench: {exc}", file=sys.stderr)
+        return 2
+
+
+def _add_profile(sub) -> None:
+    p = sub.add_parser(
+        "profile",
+        help="profile one configuration with torch.profiler: trace, per-kernel table, roofline",
+        description="Run one configuration under torch.profiler; write a Chrome trace, print a per-kernel/op table "
+        "(self time, share, launches) and a per-class summary (matmul, attention, layernorm, ...) with achieved "
+        "TFLOP/s and GB/s from counted FLOPs and bytes against the device's peak, and write a roofline PNG.",
+    )
+    p.add_argument("--arch", default=None, help="named architecture (default: bert-base on a GPU, bert-tiny on the CPU)")
+    p.add_argument("--model-dir", help="local Hugging Face checkpoint directory instead of --arch")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: GPU 32, CPU 4)")
+    p.add_argument("--seq-len", type=int, default=None, help="sequence length (default: GPU 128, CPU 64)")
+    p.add_argument("--dtype", default=None, help="fp32 fp16 bf16 (default: fp16 on a GPU, fp32 on the CPU)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--compare", choices=["hf"], help="also profile the HF SDPA model and compare")
+    p.add_argument("--steps", type=int, default=3, help="profiled forwards (after warm-up; default 3)")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up forwards before profiling (default 2)")
+    p.add_argument("--top", type=int, default=25, help="rows of the per-kernel table (default 25)")
+    p.add_argument("--peak-tflops", type=float, help="peak matmul TFLOP/s to compare against (overrides the table)")
+    p.add_argument("--peak-gbps", type=float, help="peak memory bandwidth GB/s to compare against")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output directory (default ./fastbert-out/profile-<timestamp>)")
+    p.set_defaults(func=_run_profile)
+
+
+def _run_profile(args) -> int:
+    from fastbert.bench.profile_command import run_profile_command
+
+    try:
+        return run_profile_command(args)
+    except ValueError as exc:
+        print(f"fastbert profile: {exc}", file=sys.stderr)
+        return 2
+
+
 def _add_compile_check(sub) -> None:
     p = sub.add_parser(
         "compile-check",
@@ -64,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastbert {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_check(sub)
+    from fastbert.prune.cli import add_parser as _add_prune
+
+    _add_prune(sub)
+    _add_bench(sub)
+    _add_profile(sub)
     if _compile_check_available():
         _add_compile_check(sub)
     return parser
@@ -77,6 +163,11 @@ def _compile_check_available() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fastbert`` command; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compile-check"] and _compile_check_available():  # its own options, its own parser
+        from fastbert.kernels.compile_check import main as compile_check_main
+
+        return int(compile_check_main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -7,7 +7,9 @@ and ``register_autograd`` connects the backward kernel for training.
 
 Dropout draws its seed from PyTorch's default CPU generator, so ``torch.manual_seed``
 reproduces the mask; the seed travels as a CPU tensor, which keeps the op free of
-host synchronization and traceable.
+host synchronization and traceable. (Under Inductor the draw comes from Inductor's
+own RNG unless ``torch._inductor.config.fallback_random`` is set: reproducible, but
+not the same mask as eager.)
 """
 
 from __future__ import annotations

@@ -8,12 +8,15 @@ Rules (DESIGN.md):
 - An op without a Triton kernel yet runs its reference on either backend. The
   reference is the oracle, so this never changes results; ``record_dispatch`` shows
   which implementation ran.
+- Triton implementations live in ``fastbert/ops/<op>_triton.py`` and are imported on
+  the first call that selects Triton, so ``import fastbert`` never imports triton.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import os
 from typing import Callable, Iterator
 
@@ -23,6 +26,14 @@ BACKENDS = ("torch", "triton")
 _ENV = "FASTBERT_BACKEND"
 
 _IMPLEMENTATIONS: dict[str, dict[str, Callable]] = {}
+# op -> module that registers its Triton implementation when imported
+TRITON_MODULES = {
+    "attention": "fastbert.ops.attention_triton",
+    "add_layernorm": "fastbert.ops.layernorm_triton",
+    "linear": "fastbert.ops.linear_triton",
+    "embeddings": "fastbert.ops.embeddings_triton",
+}
+_TRIED_IMPORT: set[str] = set()
 _RECORDERS: list[list[tuple[str, str]]] = []
 
 
@@ -79,11 +90,21 @@ def implementation(op: str, device: torch.device) -> Callable:
     """The function that runs ``op`` for inputs on ``device``; records the choice."""
     impls = _IMPLEMENTATIONS[op]
     backend = select_backend(device)
+    if backend == "triton" and backend not in impls:
+        _import_triton_implementation(op)
     if backend not in impls:
         backend = "torch"
     for log in _RECORDERS:
         log.append((op, backend))
     return impls[backend]
+
+
+def _import_triton_implementation(op: str) -> None:
+    module = TRITON_MODULES.get(op)
+    if module is None or module in _TRIED_IMPORT:
+        return
+    _TRIED_IMPORT.add(module)
+    importlib.import_module(module)  # an error here is a broken install: let it surface
 
 
 def has_implementation(op: str, backend: str) -> bool:

@@ -1,0 +1,93 @@
+"""The whole optimized model on the Triton backend (interpreter on the CPU) against HF."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+import fastbert
+from fastbert.ops import record_dispatch
+from tests.helpers import build, pad_id, padded_batch, rel_err
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+PREFIX = {"bert": "Bert", "roberta": "Roberta", "distilbert": "DistilBert", "albert": "Albert", "electra": "Electra"}
+SMALL = dict(vocab_size=97, max_position_embeddings=40)
+
+
+def _config(family):
+    """Tiny configs with head dim 24 and odd FFN widths (the interpreter is slow)."""
+    t = transformers
+    return {
+        "bert": t.BertConfig(hidden_size=48, num_attention_heads=2, num_hidden_layers=2, intermediate_size=37, **SMALL),
+        "roberta": t.RobertaConfig(hidden_size=48, num_attention_heads=2, num_hidden_layers=1, intermediate_size=53,
+                                   pad_token_id=1, **SMALL),
+        "distilbert": t.DistilBertConfig(dim=48, n_heads=2, n_layers=1, hidden_dim=37, **SMALL),
+        "albert": t.AlbertConfig(embedding_size=16, hidden_size=48, num_attention_heads=2, num_hidden_layers=2,
+                                 intermediate_size=37, **SMALL),
+        "electra": t.ElectraConfig(embedding_size=16, hidden_size=48, num_attention_heads=2, num_hidden_layers=1,
+                                   intermediate_size=37, **SMALL),
+    }[family]
+
+
+@pytest.fixture
+def triton_backend(monkeypatch):
+    monkeypatch.setenv("FASTBERT_BACKEND", "triton")
+
+
+@pytest.mark.parametrize("family", list(PREFIX))
+@pytest.mark.parametrize("unpad", [False, True])
+def test_family_matches_hf_fp32(family, unpad, triton_backend):
+    config = _config(family)
+    hf, fast = build(getattr(transformers, PREFIX[family] + "Model"), config)
+    fastbert.optimize(fast, unpad=unpad)
+    hf, fast = hf.to(DEVICE), fast.to(DEVICE)
+    ids, mask = padded_batch(config.vocab_size, [11, 4, 1, 7], pad_id(config), seed=1)
+    ids, mask = ids.to(DEVICE), mask.to(DEVICE)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        with record_dispatch() as log:
+            out = fast(input_ids=ids, attention_mask=mask).last_hidden_state
+    backends = {op: b for op, b in log}
+    assert all(backends[op] == "triton" for op in ("attention", "linear", "add_layernorm", "embeddings"))
+    assert rel_err(out, ref, mask) < 1e-5
+
+
+def test_bert_fp16_within_target(triton_backend):
+    config = _config("bert")
+    hf, fast = build(transformers.BertModel, config)
+    fast = fast.half().to(DEVICE)
+    ids, mask = padded_batch(config.vocab_size, [11, 4, 7], 0, seed=2)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        out = fast(input_ids=ids.to(DEVICE), attention_mask=mask.to(DEVICE)).last_hidden_state
+    assert out.dtype == torch.float16 and rel_err(out.cpu(), ref, mask) < 1e-2
+
+
+def test_bert_gradients_match_hf(triton_backend):
+    config = _config("bert")
+    hf, fast = build(transformers.BertForSequenceClassification, config)
+    ids, mask = padded_batch(config.vocab_size, [9, 4, 6], 0, seed=3)
+    labels = torch.tensor([0, 1, 1])
+    hf(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    fast(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    from tests.helpers import grads_in_hf_names
+
+    grads = grads_in_hf_names(fast)
+    got = torch.cat([grads[k].flatten() for k, _ in hf.named_parameters()])
+    ref = torch.cat([p.grad.flatten() for _, p in hf.named_parameters()])
+    assert rel_err(got, ref) < 1e-4
+
+
+def test_at_most_seven_launches_per_layer_in_inference(triton_backend):
+    config = _config("bert")
+    _, fast = build(transformers.BertModel, config)
+    fastbert.optimize(fast, unpad=False)
+    ids, mask = padded_batch(config.vocab_size, [11, 4], 0, seed=4)
+    with torch.no_grad():
+        hidden = fast.embeddings(input_ids=ids)
+        with record_dispatch() as log:
+            fast.encoder(hidden, attention_mask=mask)
+    per_layer = len(log) / config.num_hidden_layers
+    assert all(b == "triton" for _, b in log)
+    assert per_layer <= 7, log
