@@ -77,7 +77,7 @@ class FastBaseModelMixin:
         # The mask is checked (and normalized) before any op runs; the encoder then takes it as is.
         shape = _batch_and_seq(input_ids, inputs_embeds)
         if shape is not None:
-            attention_mask = normalize_attention_mask(attention_mask, *shape, self._fastbert_config.num_attention_heads)
+            attention_mask = normalize_attention_mask(attention_mask, *shape, self.encoder.head_counts())
         hidden = self.embeddings(
             input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
         )

@@ -33,6 +33,12 @@ class FastBertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(dim, eps=config.layer_norm_eps, **kw)
         self.projection = nn.Linear(dim, config.hidden_size, **kw) if config.has_projection else None
 
+    @property
+    def max_sequence_length(self) -> int:
+        """Longest sequence the position table (at its current size) can number."""
+        rows = self.position_embeddings.num_embeddings
+        return rows - self.config.pad_token_id - 1 if self.config.position_ids_from_padding else rows
+
     def position_ids_for(self, input_ids: torch.Tensor | None, batch: int, seq: int, device) -> torch.Tensor:
         """Default position ids: ``0..seq-1``, or RoBERTa's numbering from the padding index."""
         cfg = self.config
@@ -69,9 +75,9 @@ class FastBertEmbeddings(nn.Module):
             batch, seq = inputs_embeds.shape[:2]
         if batch == 0 or seq == 0:
             raise ValueError(f"the batch is empty: (batch, seq) = {(batch, seq)}; need at least one token")
-        if seq > cfg.max_sequence_length:
+        if seq > self.max_sequence_length:
             raise ValueError(
-                f"sequence length {seq} exceeds the model's position table: at most {cfg.max_sequence_length} tokens"
+                f"sequence length {seq} exceeds the model's position table: at most {self.max_sequence_length} tokens"
             )
         device = self.word_embeddings.weight.device
         if position_ids is None:
@@ -82,12 +88,13 @@ class FastBertEmbeddings(nn.Module):
             if self.token_type_embeddings is None:
                 raise ValueError("token_type_ids were given but this model has no token-type embeddings")
             _check_ids("token_type_ids", token_type_ids, (batch, seq))
-        if value_checks_enabled():
+        if value_checks_enabled():  # against the tables' current sizes (resize_token_embeddings changes them)
             if input_ids is not None:
-                check_index_range("input_ids", input_ids, cfg.vocab_size, "the vocabulary")
-            check_index_range("position_ids", position_ids, cfg.max_position_embeddings, "the position table")
+                check_index_range("input_ids", input_ids, self.word_embeddings.num_embeddings, "the vocabulary")
+            check_index_range("position_ids", position_ids, self.position_embeddings.num_embeddings, "the position table")
             if token_type_ids is not None:
-                check_index_range("token_type_ids", token_type_ids, cfg.type_vocab_size, "the token types")
+                check_index_range("token_type_ids", token_type_ids, self.token_type_embeddings.num_embeddings,
+                                  "the token types")
         h = ops.embeddings(
             input_ids,
             position_ids,
@@ -109,8 +116,8 @@ class FastBertEmbeddings(nn.Module):
 def _check_ids(name: str, ids, shape) -> None:
     if not isinstance(ids, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor (torch.long), got {ids.dtype}")
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must be an integer tensor of dtype torch.long (or torch.int32), got {ids.dtype}")
     if shape is None:
         if ids.dim() != 2:
             raise ValueError(f"{name} must be 2D (batch, seq), got shape {tuple(ids.shape)}")

@@ -13,8 +13,8 @@ from fastbert.modules.config import FastBertConfig
 from fastbert.modules.init import init_bert_weights
 from fastbert.modules.layer import FastBertLayer
 from fastbert.modules.masks import normalize_attention_mask
-from fastbert.modules.unpad_policy import padding_keep_mask, should_unpad
-from fastbert.ops.padding import pad, unpad
+from fastbert.modules.unpad_policy import check_unpad_mode, plan_unpad
+from fastbert.ops.padding import check_cu_seqlens, pad, unpad
 
 
 class EncoderOutput(NamedTuple):
@@ -30,6 +30,15 @@ class FastBertEncoder(nn.Module):
     ``FastBertEncoder(config)`` builds randomly initialized layers;
     ``FastBertEncoder.from_hf(model)`` copies a Hugging Face model's encoder weights.
     ``config.layer_schedule`` lets several applied layers share one set of weights.
+
+    ``unpad`` (True, False or "auto"; default "auto") says when a batch with a padding mask
+    runs on its packed real tokens. The packed path is taken only when it gives Hugging
+    Face's numbers at every position a head reads: every row's first token must be real
+    (the pooler and sequence-level heads read position 0, which with left padding is a pad
+    token HF computes a value for). Left-padded batches, rows without real tokens and
+    general 3D/4D masks run the padded path. "auto" also needs the padding fraction above
+    a per-device threshold (:mod:`fastbert.modules.unpad_policy`); both facts come from one
+    host read per forward. Under ``torch.compile``/CUDA-graph capture the padded path runs.
     """
 
     def __init__(self, config: FastBertConfig, device=None, dtype=None) -> None:
@@ -51,10 +60,24 @@ class FastBertEncoder(nn.Module):
             for _ in range(config.num_unique_layers)
         )
         init_bert_weights(self, config.initializer_range)
-        self.unpad = "auto"  # run padded batches on packed tokens: True, False or "auto"
+        self.unpad = "auto"
         # Set by HF's gradient_checkpointing_enable() (it looks for this attribute), or by hand.
         self.gradient_checkpointing = False
         self._gradient_checkpointing_func = None
+
+    @property
+    def unpad(self) -> bool | str:
+        """When padded batches run on packed tokens: True, False or "auto" (see the class docs)."""
+        return self._unpad
+
+    @unpad.setter
+    def unpad(self, mode: bool | str) -> None:
+        check_unpad_mode(mode)
+        self._unpad = mode
+
+    def head_counts(self) -> tuple[int, ...]:
+        """The distinct attention-head counts of the layers (one value unless heads were pruned)."""
+        return tuple(sorted({layer.num_attention_heads for layer in self.layers}))
 
     @classmethod
     def from_hf(cls, model: nn.Module) -> "FastBertEncoder":
@@ -76,27 +99,28 @@ class FastBertEncoder(nn.Module):
 
         ``attention_mask``: None, a 2D ``(batch, seq)`` padding mask (nonzero = token), or a
         3D/4D mask (bool/integer: True = attend; float: additive). When it is a padding
-        mask and ``self.unpad`` says so (True, False or "auto", see
-        :mod:`fastbert.modules.unpad_policy`), the layers run on the packed real tokens and
-        padded positions of the outputs are zeros.
-        Packed input: ``hidden_states`` ``(tokens, hidden)`` with ``cu_seqlens`` and
-        ``max_seqlen`` (no mask); outputs stay packed.
+        mask and ``self.unpad`` allows it (see the class docs), the layers run on the packed
+        real tokens and padded positions of the outputs are zeros.
+        Packed input: ``hidden_states`` ``(tokens, hidden)`` with ``cu_seqlens`` (int32/int64
+        offsets from 0 to ``tokens``, non-decreasing) and ``max_seqlen`` (at least the longest
+        sequence), no mask; outputs stay packed.
         With ``output_hidden_states`` the input and every layer's output are returned too.
         """
         if cu_seqlens is not None:
             if attention_mask is not None:
                 raise ValueError("packed input (cu_seqlens) takes no attention_mask: the lengths are the mask")
             self._check_hidden(hidden_states, 2, "(tokens, hidden)")
+            check_cu_seqlens(cu_seqlens, hidden_states.shape[0], max_seqlen)
             return self._run(hidden_states, output_hidden_states, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
         self._check_hidden(hidden_states, 3, "(batch, seq, hidden)")
         batch, seq = hidden_states.shape[:2]
         if batch == 0 or seq == 0:
             raise ValueError(f"the batch is empty: (batch, seq) = {(batch, seq)}; need at least one token")
-        mask = normalize_attention_mask(attention_mask, batch, seq, self.config.num_attention_heads)
-        keep = padding_keep_mask(mask, batch) if self.unpad is not False else None
-        if not should_unpad(self.unpad, keep):
+        mask = normalize_attention_mask(attention_mask, batch, seq, self.head_counts())
+        plan = plan_unpad(self.unpad, mask, batch)
+        if plan is None:
             return self._run(hidden_states, output_hidden_states, attn_mask=mask)
-        packed = unpad(hidden_states, keep)
+        packed = unpad(hidden_states, plan.keep, plan.max_seqlen)
         out = self._run(packed.packed, output_hidden_states, cu_seqlens=packed.cu_seqlens, max_seqlen=packed.max_seqlen)
         restore = lambda h: pad(h, packed.indices, batch, seq)  # noqa: E731
         hidden = None if out.hidden_states is None else tuple(restore(h) for h in out.hidden_states)

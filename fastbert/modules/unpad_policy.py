@@ -2,54 +2,80 @@
 
 A mask is a *padding mask* when every query row of every head sees the same set of keys
 (a 2D ``(batch, seq)`` mask, or a 4D one built from it). Only then can the encoder run on
-packed tokens without changing results (the outputs at padded positions become zeros).
+packed tokens, and the outputs at padded positions then become zeros. HF computes real
+values there (a pad token attends to the real tokens), and the pooler and every
+sequence-level head read position 0: so the packed path is taken only when every row's
+first token is real (right padding, or holes after the first token). Left-padded batches
+and rows without any real token run the padded path, which gives HF's numbers everywhere.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-from fastbert.modules.validation import value_checks_enabled
+from fastbert.ops.validation import values_readable
 
 UNPAD_MODES = (True, False, "auto")
 
 # Padding fraction above which "auto" unpads, per device type. CPU: measured with
-# `python benchmarks/unpad_threshold_cpu.py` (see its docstring for the result). CUDA: not
+# `python benchmarks/unpad_cpu.py --threshold` (see README.md for the result). CUDA: not
 # yet measured on a GPU; until it is, any padding at all triggers unpadding, which is the
 # choice that does not compute on padding.
 AUTO_PADDING_THRESHOLD = {"cpu": 0.05, "cuda": 0.0}
 
 
 def check_unpad_mode(mode) -> None:
-    """ValueError unless ``mode`` is True, False or "auto"."""
-    if mode not in UNPAD_MODES or (mode not in (True, False) and not isinstance(mode, str)):
-        raise ValueError(f"unpad must be True, False or 'auto', got {mode!r}")
+    """ValueError unless ``mode`` is exactly True, False or "auto" (not 0, 1 or numpy booleans)."""
+    if not (mode is True or mode is False or (type(mode) is str and mode == "auto")):
+        raise ValueError(f"unpad must be True, False or 'auto', got {mode!r} ({type(mode).__name__})")
 
 
-def padding_keep_mask(mask: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-    """``(batch, seq)`` bool of real tokens if ``mask`` (normalized 4D) is a padding mask, else None."""
-    if mask is None or mask.dim() != 4:
-        return None
+def padding_keep_mask(mask: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(keep, is_padding)`` for a normalized 4D mask, without reading values on the host.
+
+    ``keep``: ``(batch, seq)`` bool, the keys row 0 of head 0 attends to (the real tokens,
+    if this is a padding mask). ``is_padding``: 0-dim bool tensor, whether every query row
+    of every head sees exactly those keys (and, for an additive mask, every entry is 0 or
+    a large negative number).
+    """
     if mask.dtype == torch.bool:
         keep = mask
+        is_padding = torch.ones((), dtype=torch.bool, device=mask.device)
     else:
         keep = mask == 0
-        if not bool(((mask == 0) | (mask <= torch.finfo(mask.dtype).min / 2)).all()):
-            return None  # a general additive bias, not a padding mask
+        is_padding = ((mask == 0) | (mask <= torch.finfo(mask.dtype).min / 2)).all()
     if keep.shape[1] != 1 or keep.shape[2] != 1:
-        if not bool((keep == keep[:, :1, :1, :]).all()):
+        is_padding = is_padding & (keep == keep[:, :1, :1, :]).all()
+    return keep[:, 0, 0, :].expand(batch, -1), is_padding
+
+
+class UnpadPlan(NamedTuple):
+    """What the encoder needs to run a batch on packed tokens."""
+
+    keep: torch.Tensor  # (batch, seq) bool: real tokens
+    max_seqlen: int  # the longest row's real-token count
+
+
+def plan_unpad(mode, mask: torch.Tensor | None, batch: int) -> UnpadPlan | None:
+    """Whether to run this batch on packed tokens (an :class:`UnpadPlan`) or padded (None).
+
+    Packed only when ``mask`` (normalized 4D) is a padding mask, every row's first token
+    is real, the values can be read (not compiling or capturing, not on ``meta``) and the
+    mode says so: True always, "auto" when the padding fraction is above the device's
+    threshold. Every fact comes from one host read.
+    """
+    if mask is None or mode is False or mask.dim() != 4 or not values_readable(mask):
+        return None
+    keep, is_padding = padding_keep_mask(mask, batch)
+    lengths = keep.sum(dim=1)
+    exact = is_padding & keep[:, 0].all()
+    exact_flag, real, longest = torch.stack((exact.long(), lengths.sum(), lengths.max())).tolist()
+    if not exact_flag:
+        return None
+    if mode == "auto":
+        padding_fraction = 1.0 - real / keep.numel()
+        if padding_fraction <= AUTO_PADDING_THRESHOLD.get(keep.device.type, 0.0):
             return None
-    return keep[:, 0, 0, :].expand(batch, -1)
-
-
-def should_unpad(mode, keep: torch.Tensor | None) -> bool:
-    """Whether to run on packed tokens for this batch, given the mode and the padding mask."""
-    if keep is None or mode is False:
-        return False
-    if mode is True:
-        return True
-    if not value_checks_enabled():  # compiling or capturing: keep static shapes
-        return False
-    threshold = AUTO_PADDING_THRESHOLD.get(keep.device.type, 0.0)
-    padding_fraction = 1.0 - keep.float().mean().item()
-    return padding_fraction > threshold
+    return UnpadPlan(keep, longest)

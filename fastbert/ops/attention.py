@@ -93,10 +93,7 @@ def _varlen_attention(qkv, num_heads, cu_seqlens, max_seqlen, attn_mask, key_len
         raise ValueError("packed input (cu_seqlens) takes no attn_mask or key_lengths: the lengths are the mask")
     if not isinstance(qkv, torch.Tensor) or qkv.dim() != 2:
         raise ValueError(f"packed qkv must be 2D (tokens, 3*hidden), got {getattr(qkv, 'shape', type(qkv))}")
-    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"cu_seqlens must be a 1D int32/int64 tensor of batch + 1 offsets, got {tuple(cu_seqlens.shape)}")
-    if max_seqlen is None or int(max_seqlen) < 0:
-        raise ValueError("packed input needs max_seqlen, the longest sequence's length")
+    padding.check_cu_seqlens(cu_seqlens, qkv.shape[0], max_seqlen)
     batch, max_seqlen = cu_seqlens.numel() - 1, int(max_seqlen)
     indices = padding.varlen_indices(cu_seqlens, max_seqlen)
     if indices.numel() != qkv.shape[0]:

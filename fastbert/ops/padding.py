@@ -9,11 +9,19 @@ in the mask work too.
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from fastbert.ops import dispatch
+from fastbert.ops.validation import values_readable
+
+# cu_seqlens tensors whose values were checked (or built by unpad): tensor -> (version, tokens, max_seqlen).
+# A layer stack calls attention once per layer on the same cu_seqlens; this keeps the value
+# check (a host read) to once per tensor instead of once per layer.
+_CHECKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 class Unpadded(NamedTuple):
@@ -27,16 +35,56 @@ class Unpadded(NamedTuple):
     seq: int
 
 
-def unpad(x: torch.Tensor, keep: torch.Tensor) -> Unpadded:
-    """Pack the rows of ``x`` (``(batch, seq, ...)``) where ``keep`` (``(batch, seq)`` bool) is True."""
+def unpad(x: torch.Tensor, keep: torch.Tensor, max_seqlen: int | None = None) -> Unpadded:
+    """Pack the rows of ``x`` (``(batch, seq, ...)``) where ``keep`` (``(batch, seq)`` bool) is True.
+
+    ``max_seqlen``: the longest row's count of True, when the caller already read it (saves a host read).
+    """
     if keep.dtype != torch.bool or keep.shape != x.shape[:2]:
         raise ValueError(f"keep must be a bool tensor of shape {tuple(x.shape[:2])}, got {keep.dtype} {tuple(keep.shape)}")
     lengths = keep.sum(dim=1, dtype=torch.int32)
     cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
     indices = torch.nonzero(keep.reshape(-1), as_tuple=False).flatten()
-    max_seqlen = int(lengths.max()) if lengths.numel() else 0
+    if max_seqlen is None:
+        max_seqlen = int(lengths.max()) if lengths.numel() else 0
     packed = gather_rows(x.reshape(-1, *x.shape[2:]), indices)
+    if not torch.compiler.is_compiling():
+        _CHECKED[cu_seqlens] = (cu_seqlens._version, packed.shape[0], max_seqlen)  # valid by construction
     return Unpadded(packed, indices, cu_seqlens, max_seqlen, x.shape[0], x.shape[1])
+
+
+def check_cu_seqlens(cu_seqlens, total_tokens: int, max_seqlen) -> None:
+    """ValueError/TypeError unless ``cu_seqlens`` and ``max_seqlen`` describe ``total_tokens`` packed rows.
+
+    Always (no host read): ``cu_seqlens`` is a 1D int32/int64 tensor of ``batch + 1 >= 2``
+    offsets and ``max_seqlen`` a non-negative integer. When values may be read
+    (:func:`~fastbert.ops.validation.value_checks_enabled`, not on ``meta``): the offsets
+    start at 0, never decrease, end at ``total_tokens``, and no sequence is longer than
+    ``max_seqlen`` — read in one host transfer, once per tensor (re-read if it is modified).
+    """
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise ValueError(
+            f"cu_seqlens must be a 1D int32/int64 tensor of batch + 1 >= 2 offsets, got {cu_seqlens.dtype} "
+            f"of shape {tuple(cu_seqlens.shape)}"
+        )
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, (numbers.Integral, torch.SymInt)) or max_seqlen < 0:
+        raise ValueError(f"max_seqlen must be a non-negative int, the longest sequence's length; got {max_seqlen!r}")
+    if not values_readable(cu_seqlens):
+        return
+    max_seqlen = int(max_seqlen)
+    if _CHECKED.get(cu_seqlens) == (cu_seqlens._version, total_tokens, max_seqlen):
+        return
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    first, last, shortest, longest = torch.stack((cu_seqlens[0], cu_seqlens[-1], lengths.min(), lengths.max())).tolist()
+    if first != 0 or shortest < 0:
+        raise ValueError(f"cu_seqlens must start at 0 and never decrease, got {cu_seqlens.tolist()}")
+    if last != total_tokens:
+        raise ValueError(f"cu_seqlens describe {last} tokens but the packed input has {total_tokens} rows")
+    if longest > max_seqlen:
+        raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest sequence in cu_seqlens ({longest})")
+    _CHECKED[cu_seqlens] = (cu_seqlens._version, total_tokens, max_seqlen)
 
 
 def pad(packed: torch.Tensor, indices: torch.Tensor, batch: int, seq: int) -> torch.Tensor:

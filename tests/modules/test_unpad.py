@@ -7,10 +7,11 @@ import copy
 import pytest
 import torch
 import transformers
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastbert
 from fastbert import FastBertConfig, FastBertEncoder
-from fastbert.modules.unpad_policy import padding_keep_mask, should_unpad
+from fastbert.modules.unpad_policy import padding_keep_mask, plan_unpad
 from fastbert.ops import padding, record_dispatch
 from tests.helpers import build, family_configs, padded_batch, rel_err
 
@@ -35,7 +36,6 @@ LENGTH_CASES = {
     "all equal": [8, 8, 8],
     "batch 1": [11],
     "one token": [1],
-    "with empty rows": [6, 0, 4, 0],
     "random": torch.randint(1, 40, (9,), generator=torch.Generator().manual_seed(5)).tolist(),
 }
 
@@ -56,6 +56,19 @@ def test_packed_equals_padded(lengths, dtype, tol):
         for o, r in zip(out.hidden_states[1:], ref.hidden_states[1:]):
             assert rel_err(o, r, mask) < tol
     assert torch.count_nonzero(out.last_hidden_state[~real]) == 0  # zeros at padded positions
+
+
+def test_rows_without_tokens_run_the_padded_path():
+    """An all-padding row has no real first token: unpad=True runs padded, as unpad=False does."""
+    enc = _encoder()
+    x, mask = _hidden_and_mask([6, 0, 4, 0])
+    enc.unpad = False
+    ref = enc(x, attention_mask=mask).last_hidden_state
+    enc.unpad = True
+    with record_dispatch() as log:
+        out = enc(x, attention_mask=mask).last_hidden_state
+    assert not any(op == "gather_rows" for op, _ in log)
+    assert torch.equal(out, ref)
 
 
 def test_gradients_through_packed_path():
@@ -90,10 +103,87 @@ def test_cu_seqlens_api_matches_each_sequence_alone():
         assert rel_err(out.last_hidden_state[start : start + n], alone) < 1e-6
 
 
+CU_SEQLENS_CASES = {
+    "total too small": ([0, 4, 9], 5, "tokens"),
+    "total too large": ([0, 4, 11], 7, "tokens"),
+    "not starting at 0": ([1, 4, 10], 6, "start at 0"),
+    "decreasing": ([0, 7, 5, 10], 5, "never decrease"),
+    "max_seqlen too small": ([0, 4, 10], 5, "max_seqlen"),
+    "negative max_seqlen": ([0, 4, 10], -1, "max_seqlen"),
+    "max_seqlen None": ([0, 4, 10], None, "max_seqlen"),
+    "one offset": ([10], 10, "offsets"),
+}
+
+
+@pytest.mark.parametrize("offsets,max_seqlen,match", CU_SEQLENS_CASES.values(), ids=CU_SEQLENS_CASES.keys())
+@pytest.mark.parametrize("entry", ["encoder", "attention op"])
+def test_cu_seqlens_rejected_before_compute(offsets, max_seqlen, match, entry):
+    enc = _encoder()
+    cu = torch.tensor(offsets, dtype=torch.int32)
+    with record_dispatch() as log, pytest.raises(ValueError, match=match):
+        if entry == "encoder":
+            enc(torch.randn(10, 48), cu_seqlens=cu, max_seqlen=max_seqlen)
+        else:
+            fastbert.ops.attention(torch.randn(10, 3 * 48), 2, cu_seqlens=cu, max_seqlen=max_seqlen)
+    assert log == []
+
+
+def test_cu_seqlens_type_errors():
+    enc = _encoder()
+    with pytest.raises(TypeError, match="cu_seqlens"):
+        enc(torch.randn(10, 48), cu_seqlens=[0, 10], max_seqlen=10)
+    with pytest.raises(ValueError, match="int32/int64"):
+        enc(torch.randn(10, 48), cu_seqlens=torch.tensor([0.0, 10.0]), max_seqlen=10)
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts reads of tensor values by the host: .item()/int()/bool() (aten._local_scalar_dense),
+    which a dispatch mode sees, and .tolist(), which it does not (counted by wrapping it)."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.count = 0
+        tolist = torch.Tensor.tolist
+
+        def counted(t):
+            self.count += 1
+            return tolist(t)
+
+        monkeypatch.setattr(torch.Tensor, "tolist", counted)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", [True, "auto"])
+def test_one_host_read_decides_and_sizes_the_packed_path(mode, monkeypatch):
+    enc = _encoder()
+    enc.unpad = mode
+    x, mask = _hidden_and_mask([17, 3, 9, 1, 12])
+    with _HostReads(monkeypatch) as reads, record_dispatch() as log:
+        enc(x, attention_mask=mask)
+    assert ("gather_rows", "torch") in log and reads.count == 1
+
+
+def test_cu_seqlens_checked_once_then_rechecked_after_change(monkeypatch):
+    """One host read per cu_seqlens tensor, not one per layer; an in-place change is re-read."""
+    enc = _encoder()
+    cu = torch.tensor([0, 4, 10], dtype=torch.int32)
+    with _HostReads(monkeypatch) as reads:
+        enc(torch.randn(10, 48), cu_seqlens=cu, max_seqlen=6)
+    assert reads.count == 1
+    with _HostReads(monkeypatch) as reads:
+        padding.check_cu_seqlens(cu, 10, 6)  # remembered: passes without reading
+    assert reads.count == 0
+    cu[0] = 1
+    with pytest.raises(ValueError, match="start at 0"):
+        padding.check_cu_seqlens(cu, 10, 6)
+
+
 def test_cu_seqlens_bad_input():
     enc = _encoder()
-    with pytest.raises(ValueError, match="tokens"):
-        enc(torch.randn(10, 48), cu_seqlens=torch.tensor([0, 4, 9], dtype=torch.int32), max_seqlen=5)
     with pytest.raises(ValueError, match="attention_mask"):
         enc(torch.randn(9, 48), attention_mask=torch.ones(9), cu_seqlens=torch.tensor([0, 9]), max_seqlen=9)
     with pytest.raises(ValueError, match="2D"):
@@ -103,23 +193,54 @@ def test_cu_seqlens_bad_input():
 def test_padding_mask_detection():
     keep = torch.tensor([[1, 1, 0], [1, 0, 0]]).bool()
     four_d = keep[:, None, None, :].expand(2, 1, 3, 3)
-    assert torch.equal(padding_keep_mask(four_d, 2), keep)
+    found, is_padding = padding_keep_mask(four_d, 2)
+    assert torch.equal(found, keep) and bool(is_padding)
     additive = torch.zeros(2, 1, 3, 3).masked_fill(~four_d, torch.finfo(torch.float32).min)
-    assert torch.equal(padding_keep_mask(additive, 2), keep)
+    found, is_padding = padding_keep_mask(additive, 2)
+    assert torch.equal(found, keep) and bool(is_padding)
     general = four_d.clone()
     general[0, 0, 1, 0] = False
-    assert padding_keep_mask(general, 2) is None
-    assert padding_keep_mask(torch.randn(2, 1, 3, 3), 2) is None  # an additive bias, not padding
+    assert not bool(padding_keep_mask(general, 2)[1])
+    assert not bool(padding_keep_mask(torch.randn(2, 1, 3, 3), 2)[1])  # an additive bias, not padding
+
+
+def _as_4d(rows):
+    return torch.tensor(rows).bool()[:, None, None, :]
 
 
 def test_policy():
-    keep = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]]).bool()
-    assert should_unpad(True, keep) and not should_unpad(False, keep)
-    assert should_unpad("auto", keep)  # 37.5 % padding
-    assert not should_unpad("auto", torch.ones(2, 40, dtype=torch.bool))
-    assert not should_unpad(True, None)
+    right = _as_4d([[1, 1, 1, 1], [1, 0, 0, 0]])
+    plan = plan_unpad(True, right, 2)
+    assert plan is not None and plan.max_seqlen == 4 and torch.equal(plan.keep, right[:, 0, 0])
+    assert plan_unpad(False, right, 2) is None
+    assert plan_unpad("auto", right, 2) is not None  # 37.5 % padding
+    assert plan_unpad("auto", torch.ones(2, 1, 1, 40, dtype=torch.bool), 2) is None
+    assert plan_unpad(True, None, 2) is None
+    # Only exact when every row's first token is real: left padding, empty rows -> padded path.
+    for mode in (True, "auto"):
+        assert plan_unpad(mode, _as_4d([[1, 1, 1, 1], [0, 0, 1, 1]]), 2) is None
+        assert plan_unpad(mode, _as_4d([[1, 1, 1, 1], [0, 0, 0, 0]]), 2) is None
+        assert plan_unpad(mode, _as_4d([[1, 0, 1, 1], [1, 1, 0, 0]]), 2) is not None  # holes after the first token
+    assert plan_unpad(True, right.to("meta"), 2) is None  # no values to read
+
+
+@pytest.mark.parametrize("mode", ["sometimes", 0, 1, 0.0, None, "True", "AUTO"])
+def test_unpad_mode_is_strict(mode):
+    model = transformers.BertModel(family_configs()["bert"])
     with pytest.raises(ValueError, match="unpad"):
-        fastbert.optimize(transformers.BertModel(family_configs()["bert"]), unpad="sometimes")
+        fastbert.optimize(model, unpad=mode)
+    fastbert.optimize(model)
+    with pytest.raises(ValueError, match="unpad"):
+        model.encoder.unpad = mode
+    assert model.encoder.unpad == "auto"
+
+
+def test_unpad_mode_rejects_numpy_booleans():
+    np = pytest.importorskip("numpy")
+    model = transformers.BertModel(family_configs()["bert"])
+    for mode in (np.True_, np.False_):
+        with pytest.raises(ValueError, match="unpad"):
+            fastbert.optimize(model, unpad=mode)
 
 
 def test_general_4d_mask_falls_back_to_padded_path():
