@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-
 import torch
 
 from fastbert.ops import dispatch
@@ -54,6 +52,22 @@ class CheckReport:
         d = asdict(self)
         d["passed"] = self.passed
         return d
+
+
+def resolve_device(requested: str | None) -> str:
+    """'cuda' when available (or requested), else 'cpu'; ValueError for an unknown device or
+    CUDA without a GPU (or with fewer GPUs than the index asks for)."""
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested not in ("cpu", "cuda") and not (requested.startswith("cuda:") and requested[5:].isdigit()):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {requested!r}")
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {requested!r} was given but torch sees no CUDA GPU")
+        index = int(requested[5:] or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {requested!r}: torch sees {torch.cuda.device_count()} GPU(s)")
+    return requested
 
 
 def compare(out: torch.Tensor, ref: torch.Tensor, token_mask: torch.Tensor | None) -> tuple[float, float]:
@@ -108,7 +122,9 @@ def run_check(
 ) -> CheckReport:
     """Compare fastbert against HF on a local checkpoint (``model_dir``) or a named ``arch``."""
     import fastbert
+    from fastbert.cli_args import load_checkpoint
     from fastbert.configs import random_hf_model
+    from fastbert.models import max_sequence_length
 
     if (model_dir is None) == (arch is None):
         raise ValueError("give exactly one of model_dir (a local HF checkpoint) and arch (e.g. 'bert-base')")
@@ -117,17 +133,16 @@ def run_check(
     if batch < 1 or seq_len < 1:
         raise ValueError(f"batch and seq_len must be positive, got {batch} and {seq_len}")
     torch_dtype = DTYPES[dtype]
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     if model_dir is not None:
-        from transformers import AutoModel
-
-        if not Path(model_dir).is_dir():
-            raise ValueError(f"model_dir {model_dir!r} is not a directory holding an HF checkpoint")
-        hf = AutoModel.from_pretrained(model_dir).eval()
+        hf = load_checkpoint(model_dir, "model_dir").eval()
         name = str(model_dir)
     else:
         hf = random_hf_model(arch, seed)
         name = f"{arch} (random weights, seed {seed})"
+    limit = max_sequence_length(hf.config)
+    if seq_len > limit:
+        raise ValueError(f"seq_len {seq_len} exceeds the model's position table: at most {limit} tokens")
 
     inputs, description = make_inputs(hf, model_dir, batch, seq_len, seed)
     ref_dtype = torch.float64 if device == "cpu" else torch.float32

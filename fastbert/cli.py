@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -28,19 +29,15 @@ def _add_check(sub) -> None:
 
 def _run_check(args) -> int:
     from fastbert.check import format_report, run_check
+    from fastbert.cli_args import output_file
 
     if (args.model_dir is None) == (args.arch is None):
-        print("fastbert check: give a MODEL_DIR or --arch NAME (not both)", file=sys.stderr)
-        return 2
-    try:
-        report = run_check(args.model_dir, args.arch, args.dtype, args.device, args.batch, args.seq_len, args.seed)
-    except (ValueError, TypeError) as exc:
-        print(f"fastbert check: {exc}", file=sys.stderr)
-        return 2
+        raise ValueError("give a MODEL_DIR or --arch NAME (not both)")
+    json_path = output_file(args.json, "--json") if args.json else None  # before the check runs
+    report = run_check(args.model_dir, args.arch, args.dtype, args.device, args.batch, args.seq_len, args.seed)
     print(format_report(report))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(report.to_dict(), fh, indent=2)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
     return 0 if report.passed else 1
 
 
@@ -82,11 +79,7 @@ def _add_bench(sub) -> None:
 def _run_bench(args) -> int:
     from fastbert.bench.command import run_bench_command
 
-    try:
-        return run_bench_command(args)
-    except ValueError as exc:
-        print(f"fastbert bench: {exc}", file=sys.stderr)
-        return 2
+    return run_bench_command(args)
 
 
 def _add_profile(sub) -> None:
@@ -118,11 +111,7 @@ def _add_profile(sub) -> None:
 def _run_profile(args) -> int:
     from fastbert.bench.profile_command import run_profile_command
 
-    try:
-        return run_profile_command(args)
-    except ValueError as exc:
-        print(f"fastbert profile: {exc}", file=sys.stderr)
-        return 2
+    return run_profile_command(args)
 
 
 def _add_compile_check(sub) -> None:
@@ -135,11 +124,18 @@ def _add_compile_check(sub) -> None:
     p.set_defaults(func=lambda args: __import__("fastbert.kernels.compile_check", fromlist=["main"]).main(args.rest))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line (exit code 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     from fastbert import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fastbert", description="Fast BERT-family encoders with Triton kernels, a drop-in for Hugging Face."
     )
     parser.add_argument("--version", action="version", version=f"fastbert {__version__}")
@@ -173,7 +169,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    return _run_command(args)
+
+
+def _run_command(args) -> int:
+    """Run a subcommand. Bad arguments (ValueError/TypeError, raised by the commands before any
+    work) -> one line on stderr, exit 2; any other failure -> one line, exit 1; never a
+    traceback, unless FASTBERT_DEBUG=1 asks for one."""
+    from fastbert.cli_args import one_line
+
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"fastbert {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("FASTBERT_DEBUG") == "1":
+            raise
+        code = 2 if isinstance(exc, (ValueError, TypeError)) else 1
+        kind = "" if code == 2 else f"{type(exc).__name__}: "
+        print(f"fastbert {args.command}: {kind}{one_line(exc)}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ import torch
 from fastbert.bench import metadata, plots, report, sweep
 from fastbert.bench.measure import BenchOptions
 from fastbert.bench.run import run_sweep
-from fastbert.bench.runners import BASELINES, VARIANTS
+from fastbert.bench.runners import BASELINES, VARIANTS, model_config
+from fastbert.check import resolve_device
+from fastbert.cli_args import checkpoint_dir, output_dir
+from fastbert.models import max_sequence_length
 
 # Per-device measurement defaults: (warm-up calls, max timed calls, seconds per variant).
 MEASURE_DEFAULTS = {"cuda": (5, 30, 1.0), "cpu": (1, 10, 0.5)}
@@ -30,17 +33,6 @@ def apply_threads(threads: int | None) -> None:
     if threads < 1:
         raise ValueError(f"--threads must be positive, got {threads}")
     torch.set_num_threads(threads)
-
-
-def resolve_device(requested: str | None) -> str:
-    """'cuda' when available (or requested), else 'cpu'; ValueError for cuda without a GPU."""
-    if requested is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was given but torch sees no CUDA GPU")
-    if requested not in ("cpu", "cuda") and not requested.startswith("cuda:"):
-        raise ValueError(f"--device must be cpu or cuda, got {requested!r}")
-    return requested
 
 
 def choose_variants(device: str, requested: list[str] | None, compile_on_cpu: bool, no_compile: bool) -> tuple[list[str], list[str]]:
@@ -68,8 +60,10 @@ def measure_options(args, device: str, variants: list[str]) -> BenchOptions:
     warmup, repeats, max_s = MEASURE_DEFAULTS["cuda" if device.startswith("cuda") else "cpu"]
     if (args.repeats is not None and args.repeats < 1) or (args.warmup is not None and args.warmup < 0):
         raise ValueError("--repeats must be at least 1 and --warmup at least 0")
-    if args.max_time_per_variant is not None and args.max_time_per_variant <= 0:
+    if args.max_time_per_variant is not None and not args.max_time_per_variant > 0:
         raise ValueError("--max-time-per-variant must be positive")
+    if args.time_budget is not None and not args.time_budget > 0:
+        raise ValueError(f"--time-budget must be a positive number of seconds, got {args.time_budget}")
     return BenchOptions(
         device=device, variants=variants, warmup=args.warmup if args.warmup is not None else warmup,
         repeats=args.repeats if args.repeats is not None else repeats,
@@ -88,11 +82,14 @@ def run_bench_command(args) -> int:
     chosen = sweep.defaults(dev_type, args.quick)
     models = list(dict.fromkeys((args.arch or []) + (args.model_dir or []))) or chosen["models"]
     for d in args.model_dir or []:
-        if not Path(d).is_dir():
-            raise ValueError(f"--model-dir {d!r} is not a directory")
-    configs = sweep.build_sweep(models, args.batch or chosen["batches"], args.seq_len or chosen["seq_lens"],
+        checkpoint_dir(d, "--model-dir")
+    seq_lens = args.seq_len or chosen["seq_lens"]
+    configs = sweep.build_sweep(models, args.batch or chosen["batches"], seq_lens,
                                 args.dtype or chosen["dtypes"], varlen=not args.no_varlen)
+    for model in models:  # every model is known and takes every length before anything runs
+        check_seq_len(model, max(seq_lens))
     opts = measure_options(args, device, variants)
+    out_dir = output_dir(args.out or str(default_out_dir("bench")), "--out")
     if dev_type == "cpu":
         notes.insert(0, "measured on the CPU (no GPU used): these are CPU numbers, not GPU results")
     notes.append("peak memory: " + ("model weights + CUDA allocator peak growth during the variant's build and warm-up forwards"
@@ -107,8 +104,6 @@ def run_bench_command(args) -> int:
         "time_budget_s": opts.time_budget_s, "seed": opts.seed, "quick": args.quick, "notes": notes,
         "arguments": {k: v for k, v in vars(args).items() if k != "func"},
     }
-    out_dir = Path(args.out) if args.out else default_out_dir("bench")
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     def save(entries: list[dict], complete: bool) -> dict:
         doc = report.document(meta, settings, entries, time.perf_counter() - wall_start, complete)
@@ -123,6 +118,25 @@ def run_bench_command(args) -> int:
     written = None if args.no_plots else plots.write_plots(report.document(meta, settings, entries, 0.0, True), out_dir)
     doc = save(entries, complete=True)
     _print_footer(doc, out_dir, written, args.no_plots)
+    return _exit_code(doc)
+
+
+def check_seq_len(model: str, seq_len: int) -> None:
+    """ValueError unless ``model`` (a named arch or a checkpoint folder) is one fastbert runs
+    and its position table numbers ``seq_len`` tokens."""
+    limit = max_sequence_length(model_config(model))
+    if seq_len > limit:
+        raise ValueError(f"--seq-len {seq_len} exceeds {model}'s position table: at most {limit} tokens")
+
+
+def _exit_code(doc: dict) -> int:
+    """1 when a variant failed with an error or nothing was measured (out of memory is a result, not a failure)."""
+    statuses = [r["status"] for e in doc["results"] for r in e["variants"].values()]
+    errors = statuses.count("error")
+    if errors or "ok" not in statuses:
+        why = f"{errors} run(s) failed with an error" if errors else "nothing was measured"
+        print(f"fastbert bench: {why}; see bench.json", file=sys.stderr)
+        return 1
     return 0
 
 

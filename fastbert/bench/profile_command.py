@@ -4,17 +4,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import torch
 
 from fastbert.bench import metadata, opcost, peaks, profile_report, roofline
-from fastbert.bench.command import apply_threads, default_out_dir, resolve_device
+from fastbert.bench.command import apply_threads, check_seq_len, default_out_dir, resolve_device
 from fastbert.bench.inputs import make_batch
 from fastbert.bench.profiling import profile_model
 from fastbert.bench.runners import VARIANTS, load_base_model
 from fastbert.bench.sweep import canonical_dtype
 from fastbert.check import DTYPES
+from fastbert.cli_args import checkpoint_dir, output_dir, positive_ints
 
 # Defaults per device: (arch, batch, seq_len, dtype).
 PROFILE_DEFAULTS = {"cuda": ("bert-base", 32, 128, "float16"), "cpu": ("bert-tiny", 4, 64, "float32")}
@@ -28,13 +27,19 @@ def run_profile_command(args) -> int:
     arch, batch, seq_len, dtype = PROFILE_DEFAULTS[dev_type]
     if args.model_dir and args.arch:
         raise ValueError("give --arch or --model-dir, not both")
+    if args.model_dir:
+        checkpoint_dir(args.model_dir, "--model-dir")
     model_name = args.model_dir or args.arch or arch
-    batch, seq_len = args.batch or batch, args.seq_len or seq_len
+    batch = batch if args.batch is None else args.batch
+    seq_len = seq_len if args.seq_len is None else args.seq_len
     dtype = canonical_dtype(args.dtype) if args.dtype else dtype
-    if batch < 1 or seq_len < 1 or args.steps < 1:
-        raise ValueError("--batch, --seq-len and --steps must be positive")
-    out_dir = Path(args.out) if args.out else default_out_dir("profile")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    positive_ints(batch, "--batch")
+    positive_ints(seq_len, "--seq-len")
+    positive_ints(args.steps, "--steps")
+    if args.warmup < 0 or args.top < 1:
+        raise ValueError(f"--warmup must be at least 0 and --top positive, got {args.warmup} and {args.top}")
+    check_seq_len(model_name, seq_len)
+    out_dir = output_dir(args.out or str(default_out_dir("profile")), "--out")
 
     base = load_base_model(model_name, args.seed)
     feed = make_batch(base.config, batch, seq_len, False, args.seed, device)

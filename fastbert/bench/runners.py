@@ -122,12 +122,27 @@ def load_base_model(model: str, seed: int) -> nn.Module:
     import os
 
     if os.path.isdir(model):
-        from transformers import AutoModel
+        from fastbert.cli_args import load_checkpoint
 
-        return AutoModel.from_pretrained(model).eval()
+        return load_checkpoint(model, "--model-dir").eval()
     from fastbert.configs import random_hf_model
 
     return random_hf_model(model, seed)
+
+
+def model_config(model: str):
+    """The HF config of a named arch or a checkpoint folder; ValueError naming the choices otherwise."""
+    import os
+
+    if os.path.isdir(model):
+        from fastbert.cli_args import checkpoint_config
+
+        return checkpoint_config(model, "--model-dir")
+    from fastbert.configs import ARCH_NAMES, hf_config
+
+    if model not in ARCH_NAMES:
+        raise ValueError(f"unknown arch {model!r}; expected one of {list(ARCH_NAMES)} or a checkpoint folder (--model-dir)")
+    return hf_config(model)
 
 
 def reference_dtype(device: torch.device) -> torch.dtype:

@@ -35,6 +35,14 @@ def adapter_for(hf_config) -> FamilyAdapter:
     raise TypeError(f"fastbert does not support model_type {model_type!r}; supported: {supported_model_types()}")
 
 
+def max_sequence_length(hf_config) -> int:
+    """The longest sequence an HF config's position table numbers (what fastbert accepts);
+    TypeError/ValueError for families or options fastbert does not support."""
+    adapter = adapter_for(hf_config)
+    adapter.check_supported(hf_config)
+    return adapter.config_from_hf(hf_config).max_sequence_length
+
+
 def hf_base_model(model: nn.Module) -> nn.Module:
     """The base model inside an HF model (``model.bert`` for ``BertForMaskedLM``, or the model itself)."""
     if not hasattr(model, "config") or not hasattr(model, "base_model_prefix"):
@@ -59,4 +67,7 @@ def encoder_from_hf(model: nn.Module):
     return encoder.train(base.training)
 
 
-__all__ = ["ADAPTERS", "FamilyAdapter", "adapter_for", "encoder_from_hf", "hf_base_model", "supported_model_types"]
+__all__ = [
+    "ADAPTERS", "FamilyAdapter", "adapter_for", "encoder_from_hf", "hf_base_model", "max_sequence_length",
+    "supported_model_types",
+]

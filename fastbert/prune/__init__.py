@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from fastbert.prune.apply import apply_mask, keep_mask, reapply_masks
-from fastbert.prune.masks import BLOCK_SIZES, PATTERNS, block_mask, block_scores, expand_blocks, two_four_mask, unstructured_mask
+from fastbert.prune.checks import check_block_size, check_fraction
+from fastbert.prune.masks import PATTERNS, block_mask, block_scores, expand_blocks, two_four_mask, unstructured_mask
 from fastbert.prune.report import MatrixReport, PruneReport
 from fastbert.prune.schedule import GradualPruner, cubic_sparsity
 from fastbert.prune.structured import head_scores, keep_heads, keep_neurons, neuron_scores
@@ -46,8 +47,7 @@ def prune(
     matrices than the HF config says, so plain ``transformers`` cannot load them.
     """
     _check(sparsity, pattern, method, scope)
-    if pattern == "block" and block_size not in BLOCK_SIZES:
-        raise ValueError(f"block size must be one of {BLOCK_SIZES}, got {block_size}")
+    check_block_size(pattern, block_size)
     chosen = targets(model, layers)
     if pattern in ("heads", "neurons"):
         _prune_structured(model, chosen, sparsity, pattern, scope)
@@ -60,8 +60,7 @@ def prune(
 
 
 def _check(sparsity, pattern, method, scope) -> None:
-    if not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be a fraction in [0, 1), got {sparsity!r}")
+    check_fraction("sparsity", sparsity)
     if pattern not in PATTERNS:
         raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
     if method not in METHODS:

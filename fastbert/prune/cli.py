@@ -1,4 +1,11 @@
-"""``fastbert prune``: prune a local HF checkpoint, write the report and the pruned model."""
+"""``fastbert prune``: prune a local HF checkpoint, write the report and the pruned model.
+
+The checkpoint is loaded as the task model its config names (``architectures``, e.g.
+``BertForSequenceClassification``), so the pruned model keeps its head. A checkpoint
+missing weights that model needs is refused (they would be saved as random values);
+checkpoint weights the model does not use are listed on stderr. ``--out`` must be a new
+or empty folder unless ``--force`` is given.
+"""
 
 from __future__ import annotations
 
@@ -12,46 +19,98 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "prune",
         help="prune a checkpoint's encoder (magnitude; block, 2:4, unstructured, heads, neurons)",
-        description="Load a local Hugging Face checkpoint, switch it to fastbert, prune its encoder "
-        "projections, print the report and save the pruned model and report.",
+        description="Load a local Hugging Face checkpoint as the task model its config names (its head is "
+        "kept), switch it to fastbert, prune its encoder projections, print the report and save the pruned "
+        "model and report.",
     )
     p.add_argument("model_dir", help="local Hugging Face checkpoint directory")
     p.add_argument("--sparsity", type=float, required=True, help="fraction to remove, in [0, 1)")
     p.add_argument("--pattern", default="block", choices=["unstructured", "block", "2:4", "heads", "neurons"])
     p.add_argument("--scope", default="global", choices=["global", "layer"])
     p.add_argument("--block-size", type=int, default=32, choices=[16, 32, 64])
-    p.add_argument("--layers", type=int, nargs="*", help="only these layer indices")
-    p.add_argument("--out", help="directory for the pruned model (save_pretrained) and prune_report.json")
+    p.add_argument("--layers", type=int, nargs="+", help="only these layer indices")
+    p.add_argument("--out", help="directory for the pruned model (save_pretrained) and prune_report.json; "
+                   "must be new or empty unless --force")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out, overwriting its files")
     p.set_defaults(func=run)
 
 
+def task_model_class(config):
+    """The transformers class a checkpoint's config names in ``architectures`` (``AutoModel``
+    when it names none); ValueError when it names several or one transformers lacks."""
+    import transformers
+
+    names = list(getattr(config, "architectures", None) or [])
+    if not names:
+        return transformers.AutoModel
+    if len(names) > 1:
+        raise ValueError(f"the checkpoint's config names several architectures {names}; expected one")
+    cls = getattr(transformers, names[0], None)
+    if cls is None:
+        raise ValueError(f"the checkpoint's architecture {names[0]!r} is not a class of this transformers version")
+    return cls
+
+
+def _out_dir(args, source: Path) -> Path | None:
+    from fastbert.cli_args import output_dir
+
+    if not args.out:
+        return None
+    if Path(args.out).resolve() == source.resolve():
+        raise ValueError("--out is the checkpoint being pruned; choose another folder")
+    return output_dir(args.out, "--out", must_be_empty=not args.force, create=False)  # created when saving
+
+
+def load_task_model(model_dir: str):
+    """The checkpoint as its task model; ValueError if it lacks weights the model needs.
+    Returns (model, names of checkpoint weights the model does not use)."""
+    from fastbert.cli_args import checkpoint_config, load_checkpoint
+
+    cls = task_model_class(checkpoint_config(model_dir, "MODEL_DIR"))
+    model, info = load_checkpoint(model_dir, "MODEL_DIR", cls, output_loading_info=True)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ValueError(
+            f"MODEL_DIR {model_dir!r} lacks {len(missing)} weight(s) {cls.__name__} needs ({', '.join(missing[:4])}"
+            f"{', ...' if len(missing) > 4 else ''}); they would be saved as random values"
+        )
+    return model.eval(), sorted(info.get("unexpected_keys") or [])
+
+
 def run(args) -> int:
-    """Run the subcommand; exit code 0 on success, 2 on bad input."""
+    """Run the subcommand; exit code 0 on success (bad input raises ValueError/TypeError: exit 2)."""
     import fastbert
+    from fastbert.cli_args import checkpoint_dir, quiet_transformers
 
-    if not Path(args.model_dir).is_dir():
-        print(f"fastbert prune: {args.model_dir!r} is not a checkpoint directory", file=sys.stderr)
-        return 2
-    from transformers import AutoModel, AutoTokenizer
-
-    model = fastbert.optimize(AutoModel.from_pretrained(args.model_dir))
-    try:
-        report = fastbert.prune(model, args.sparsity, pattern=args.pattern, scope=args.scope,
-                                layers=args.layers, block_size=args.block_size)
-    except (ValueError, TypeError) as exc:
-        print(f"fastbert prune: {exc}", file=sys.stderr)
-        return 2
+    source = checkpoint_dir(args.model_dir, "MODEL_DIR")
+    out = _out_dir(args, source)  # before any work
+    model, unused = load_task_model(args.model_dir)
+    if unused:
+        print(f"note: {len(unused)} checkpoint weight(s) are not used by {type(model).__name__} and are not "
+              f"written: {', '.join(unused[:4])}{', ...' if len(unused) > 4 else ''}", file=sys.stderr)
+    fastbert.optimize(model)
+    report = fastbert.prune(model, args.sparsity, pattern=args.pattern, scope=args.scope,
+                            layers=args.layers, block_size=args.block_size)
     print(report.format())
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is None:
+        print("no --out given: nothing was written")
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    with quiet_transformers():
         model.save_pretrained(out)
-        try:
-            AutoTokenizer.from_pretrained(args.model_dir).save_pretrained(out)
-        except Exception:  # a checkpoint without a tokenizer is fine
-            pass
-        (out / "prune_report.json").write_text(json.dumps(report.to_dict(), indent=2))
-        note = " (smaller matrices than the config: load it with fastbert, not plain transformers)" if args.pattern in (
-            "heads", "neurons") else ""
-        print(f"pruned model and prune_report.json written to {out}{note}")
+        _copy_tokenizer(args.model_dir, out)
+    (out / "prune_report.json").write_text(json.dumps(report.to_dict(), indent=2))
+    note = " (smaller matrices than the config: load it with fastbert, not plain transformers)" if args.pattern in (
+        "heads", "neurons") else ""
+    print(f"pruned {type(model).__name__} and prune_report.json written to {out}{note}")
     return 0
+
+
+def _copy_tokenizer(model_dir: str, out: Path) -> None:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except Exception:  # a checkpoint without a tokenizer is fine
+        return
+    tokenizer.save_pretrained(out)

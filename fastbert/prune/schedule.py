@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import numbers
+
+from fastbert.prune.checks import check_block_size, check_fraction
+
 
 def cubic_sparsity(step: int, final: float, start: int, end: int, initial: float = 0.0) -> float:
     """Target sparsity at ``step``: ``initial`` before ``start``, ``final`` after ``end``, and
@@ -26,11 +30,23 @@ class GradualPruner:
 
     def __init__(self, model, final_sparsity: float, start_step: int, end_step: int, frequency: int = 10,
                  pattern: str = "unstructured", scope: str = "global", block_size: int = 32, layers=None):
-        if pattern in ("heads", "neurons", "2:4"):
-            raise ValueError("gradual pruning supports the 'unstructured' and 'block' patterns")
+        """Every argument is checked here, before any training step (ValueError/TypeError)."""
+        from fastbert.prune import SCOPES
+        from fastbert.prune.targets import targets
+
+        if pattern not in ("unstructured", "block"):
+            raise ValueError(f"gradual pruning supports the 'unstructured' and 'block' patterns, got {pattern!r}")
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+        check_fraction("final_sparsity", final_sparsity)
+        check_block_size(pattern, block_size)
+        for name, value in (("start_step", start_step), ("end_step", end_step), ("frequency", frequency)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         if frequency < 1:
             raise ValueError(f"frequency must be >= 1, got {frequency}")
         cubic_sparsity(start_step, final_sparsity, start_step, end_step)  # validates the window
+        targets(model, layers)  # a fastbert model, and valid layer indices
         self.model, self.final, self.start, self.end, self.frequency = model, final_sparsity, start_step, end_step, frequency
         self.options = dict(pattern=pattern, scope=scope, block_size=block_size, layers=layers)
         self.step_count = 0

@@ -9,6 +9,7 @@ from torch import nn
 from fastbert.models import hf_base_model
 from fastbert.models.base import is_optimized
 from fastbert.modules.encoder import FastBertEncoder
+from fastbert.prune.checks import check_layers
 
 # FastBertLayer attribute -> short role name used in reports.
 LAYER_MATRICES = {"qkv": "attention.qkv", "attention_output": "attention.output", "intermediate": "ffn.in", "output": "ffn.out"}
@@ -37,10 +38,9 @@ def targets(model: nn.Module, layers=None) -> list[Target]:
     """Prunable matrices of ``model``, optionally only those of the given layer indices."""
     encoder = encoder_of(model)
     count = len(encoder.layers)
-    chosen = range(count) if layers is None else list(layers)
-    for i in chosen:
-        if not 0 <= i < count:
-            raise ValueError(f"layers must be indices in [0, {count}), got {i}")
+    chosen = check_layers(layers, count)
+    if chosen is None:
+        chosen = range(count)
     return [
         Target(f"layers.{i}.{attr}", i, role, getattr(encoder.layers[i], attr))
         for i in chosen

@@ -139,14 +139,15 @@ def test_other_errors_are_recorded_as_error(tmp_path, monkeypatch):
     monkeypatch.setitem(runners.VARIANTS, "fastbert", dataclasses.replace(runners.VARIANTS["fastbert"], build=broken))
     args = ["bench", "--arch", "bert-tiny", "--batch", "1", "--seq-len", "8", "--no-varlen", "--repeats", "1",
             "--device", "cpu", "--no-plots", "--out", str(tmp_path)]
-    assert main(args) == 0
+    assert main(args) == 1  # a failed variant fails the run; the others are still measured and written
     (e,) = json.loads((tmp_path / "bench.json").read_text())["results"]
     assert e["variants"]["fastbert"]["status"] == "error" and "not supported" in e["variants"]["fastbert"]["error"]
     assert e["variants"]["hf_eager"]["status"] == "ok" and e["speedup"] == {}
 
 
-def test_time_budget_skips_the_remaining_configurations(tmp_path):
-    assert main(["bench", *TINY, "--no-plots", "--time-budget", "0", "--out", str(tmp_path)]) == 0
+def test_time_budget_skips_the_remaining_configurations(tmp_path, capsys):
+    assert main(["bench", *TINY, "--no-plots", "--time-budget", "1e-9", "--out", str(tmp_path)]) == 1
+    assert "nothing was measured" in capsys.readouterr().err
     doc = json.loads((tmp_path / "bench.json").read_text())
     statuses = {r["status"] for e in doc["results"] for r in e["variants"].values()}
     assert statuses == {"skipped"}

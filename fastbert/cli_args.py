@@ -1,0 +1,107 @@
+"""Checks of command-line arguments shared by the ``fastbert`` subcommands.
+
+Each raises ``ValueError`` with a one-line message naming the argument, before any work
+starts; the command line turns that into exit code 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (its type when it has none), at most ``limit`` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def checkpoint_dir(path: str, flag: str) -> Path:
+    """``path`` as a Path; ValueError unless it is an existing directory."""
+    p = Path(path)
+    if not p.is_dir():
+        raise ValueError(f"{flag} {path!r} is not a directory holding a Hugging Face checkpoint")
+    return p
+
+
+def _check_creatable(p: Path, flag: str, shown: str) -> None:
+    """ValueError if ``p`` cannot become a directory: it or an ancestor is an existing non-directory."""
+    for parent in (p, *p.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{flag} {shown!r}: {str(parent)!r} is a file, not a folder")
+            return
+
+
+def output_dir(path: str, flag: str, must_be_empty: bool = False, create: bool = True) -> Path:
+    """An output folder that can be created (and is, with ``create``); with ``must_be_empty``,
+    ValueError if it already holds files."""
+    p = Path(path)
+    _check_creatable(p, flag, path)
+    if must_be_empty and p.is_dir() and any(p.iterdir()):
+        raise ValueError(f"{flag} {path!r} is not empty; pass --force to overwrite the files in it")
+    if not create:
+        return p
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{flag} {path!r}: cannot create the folder: {one_line(exc)}") from exc
+    return p
+
+
+def output_file(path: str, flag: str) -> Path:
+    """An output file path whose folder exists (created now); ValueError if it is a folder."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{flag} {path!r} is a folder; give a file name")
+    output_dir(str(p.parent), flag)
+    return p
+
+
+def positive_ints(values, flag: str) -> None:
+    """ValueError unless every value is a positive integer."""
+    for v in [values] if isinstance(values, int) else values or ():
+        if v < 1:
+            raise ValueError(f"{flag} must be positive, got {v}")
+
+
+def checkpoint_config(path: str, flag: str):
+    """The HF config of a checkpoint folder; ValueError (one line) when it is missing or invalid."""
+    from transformers import AutoConfig
+
+    if not (checkpoint_dir(path, flag) / "config.json").is_file():
+        raise ValueError(f"{flag} {path!r} has no config.json: not a Hugging Face checkpoint folder")
+    try:
+        return AutoConfig.from_pretrained(path)
+    except Exception as exc:
+        raise ValueError(f"{flag} {path!r}: no valid config.json: {one_line(exc)}") from exc
+
+
+def load_checkpoint(path: str, flag: str, model_class=None, **kwargs):
+    """``model_class.from_pretrained(path, **kwargs)`` (default ``AutoModel``); ValueError (one
+    line) when the folder holds no loadable checkpoint. transformers' own log lines are
+    silenced meanwhile: callers report what matters (e.g. missing weights) in one line."""
+    from transformers import AutoModel
+
+    checkpoint_config(path, flag)
+    try:
+        with quiet_transformers():
+            return (model_class or AutoModel).from_pretrained(path, **kwargs)
+    except Exception as exc:
+        raise ValueError(f"{flag} {path!r}: cannot load the checkpoint: {one_line(exc)}") from exc
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' log lines and progress bars (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()

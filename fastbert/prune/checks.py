@@ -1,0 +1,38 @@
+"""Argument checks shared by :func:`fastbert.prune.prune` and :class:`GradualPruner`."""
+
+from __future__ import annotations
+
+import numbers
+
+from fastbert.prune.masks import BLOCK_SIZES
+
+
+def check_fraction(name: str, value) -> None:
+    """TypeError unless ``value`` is a real number (Python or numpy, not bool); ValueError unless in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in [0, 1), got {type(value).__name__}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
+
+
+def check_block_size(pattern: str, block_size) -> None:
+    """ValueError for the block pattern with a tile size the sparse kernels do not have."""
+    if pattern == "block" and block_size not in BLOCK_SIZES:
+        raise ValueError(f"block size must be one of {BLOCK_SIZES}, got {block_size}")
+
+
+def check_layers(layers, count: int) -> list[int] | None:
+    """``layers`` as a list of indices in [0, count) (None = every layer); TypeError/ValueError otherwise."""
+    if layers is None:
+        return None
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+        raise TypeError(f"layers must be a list of layer indices, got {type(layers).__name__}")
+    chosen = list(layers)
+    if not chosen:
+        raise ValueError("layers must name at least one layer index (None prunes every layer)")
+    for i in chosen:
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            raise TypeError(f"layers must hold integer indices, got {i!r}")
+        if not 0 <= i < count:
+            raise ValueError(f"layers must be indices in [0, {count}), got {i}")
+    return [int(i) for i in chosen]
