@@ -187,3 +187,9 @@ def test_installed_entry_point_exit_codes(argv, code, match):
     out = subprocess.run([sys.executable, "-m", "fastbert.cli", *argv], capture_output=True, text=True)
     assert out.returncode == code and "Traceback" not in out.stderr + out.stdout
     assert len(out.stderr.strip().splitlines()) == 1 and match in out.stderr
+
+
+def test_check_json_into_a_new_folder_is_created_first(tmp_path, capsys):
+    path = tmp_path / "new" / "folder" / "report.json"
+    assert main(["check", "--arch", "bert-tiny", "--batch", "2", "--seq-len", "8", "--json", str(path)]) == 0
+    assert json.loads(path.read_text())["passed"]

@@ -1,0 +1,177 @@
+"""Property-based tests (hypothesis): random family, task head, sizes, mask and ``unpad`` mode
+against Hugging Face at every position a head reads.
+
+Masks: none, right / left / middle padding, rows without any real token, and general
+per-query masks; given to fastbert as 2D, 3D or 4D, bool, integer or float (additive for
+3D/4D), while HF gets the canonical form (2D for padding, 4D additive otherwise), so the
+forms are checked against each other too. Sequence-level outputs (pooler, classification,
+multiple choice, next-sentence / sentence-order) are compared in full, per-token outputs on
+real tokens. fp32 < 1e-5 relative; fp16 (fastbert in fp16 vs HF in fp32) < 1e-2.
+
+Bounded for CI: small models, a fixed seed per family and no example database (the same
+examples every run), and 12 examples per family, so the file adds well under a minute on a
+2-core CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import zlib
+
+import pytest
+import torch
+import transformers
+
+import fastbert
+from tests.helpers import rel_err
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, seed, settings, strategies as st  # noqa: E402
+
+FAMILIES = {"bert": "Bert", "roberta": "Roberta", "distilbert": "DistilBert", "albert": "Albert", "electra": "Electra"}
+HEADS = ("Model", "ForSequenceClassification", "ForMaskedLM", "ForPreTraining", "ForTokenClassification",
+         "ForQuestionAnswering", "ForMultipleChoice")
+SEQUENCE_LEVEL = {"pooler_output", "seq_relationship_logits", "sop_logits"}
+MASK_KINDS = ("none", "right", "left", "middle", "empty rows", "general")
+# Per family (five of them): 12 examples, 60 in all. Each family's examples come from its own
+# fixed seed (no example database): every run draws the same cases, and the families differ.
+EXAMPLES_PER_FAMILY = 12
+
+
+def hf_config(family: str, heads: int, head_dim: int, layers: int, intermediate: int):
+    """A small HF config of ``family`` with the drawn sizes (vocabulary 97, 24 positions)."""
+    hidden = heads * head_dim
+    common = dict(vocab_size=97, max_position_embeddings=24, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    if family == "distilbert":
+        return transformers.DistilBertConfig(vocab_size=97, max_position_embeddings=24, dim=hidden, n_heads=heads,
+                                             n_layers=layers, hidden_dim=intermediate, dropout=0.0, attention_dropout=0.0)
+    cls = getattr(transformers, FAMILIES[family] + "Config")
+    extra = {"pad_token_id": 1, "max_position_embeddings": 26} if family == "roberta" else {}
+    if family in ("albert", "electra"):
+        extra["embedding_size"] = max(8, hidden // 2)
+    return cls(hidden_size=hidden, num_attention_heads=heads, num_hidden_layers=layers, intermediate_size=intermediate,
+               **{**common, **extra})
+
+
+def make_mask(kind: str, batch: int, seq: int, gen: torch.Generator) -> torch.Tensor:
+    """``(batch, seq)`` 0/1 padding mask of ``kind`` or, for "general", ``(batch, seq, seq)`` keep mask."""
+    if kind == "general":
+        keep = torch.rand(batch, seq, seq, generator=gen) > 0.4
+        return (keep | torch.eye(seq, dtype=torch.bool)).long()  # every query sees at least itself
+    if kind == "none":
+        return torch.ones(batch, seq, dtype=torch.long)
+    if kind == "middle":
+        mask = (torch.rand(batch, seq, generator=gen) > 0.4).long()
+        mask[:, 0] = 1
+        return mask
+    lengths = torch.randint(1, seq + 1, (batch,), generator=gen)
+    mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
+    if kind == "left":
+        return mask.flip(1)
+    if kind == "empty rows":
+        mask[torch.rand(batch, generator=gen) < 0.5] = 0
+        mask[-1] = 0
+    return mask
+
+
+def mask_form(mask: torch.Tensor, form: str, dtype: str, heads: int, additive: float) -> torch.Tensor:
+    """The same mask as fastbert may receive it: 2D / 3D / 4D (one head or every head), bool / int / float."""
+    keep = mask.bool()
+    if form == "2d":
+        return {"bool": keep, "int": mask.int(), "float": mask.float()}[dtype]
+    seq = keep.shape[-1]
+    if keep.dim() == 2:  # a padding mask seen by every query
+        keep = keep[:, None, :].expand(-1, seq, -1)
+    if form == "4d":
+        keep = keep[:, None]
+    elif form == "4d per head":
+        keep = keep[:, None].expand(-1, heads, -1, -1)
+    if dtype == "float":
+        return torch.zeros(keep.shape).masked_fill(~keep, additive)
+    return keep if dtype == "bool" else keep.long()
+
+
+@st.composite
+def cases(draw, family: str):
+    """One drawn case of ``family``: model shape, head class, batch, mask (kind and form), dtype, unpad mode, seed."""
+    head = draw(st.sampled_from([h for h in HEADS if hasattr(transformers, FAMILIES[family] + h)]))
+    kind = draw(st.sampled_from(MASK_KINDS))
+    forms = ["2d"] if head == "ForMultipleChoice" else ["2d", "3d", "4d", "4d per head"]
+    if kind == "general":
+        forms = [f for f in forms if f != "2d"] or None
+    return dict(
+        family=family,
+        head=head,
+        sizes=(draw(st.integers(1, 4)), draw(st.sampled_from([8, 12, 16])), draw(st.integers(1, 2)),
+               draw(st.integers(8, 80))),
+        batch=draw(st.integers(1, 4)),
+        seq=draw(st.integers(1, 12)),
+        kind=kind if forms else "right",
+        form=draw(st.sampled_from(forms or ["2d"])),
+        mask_dtype=draw(st.sampled_from(["bool", "int", "float"])),
+        additive=draw(st.sampled_from([torch.finfo(torch.float32).min, float("-inf")])),
+        dtype=draw(st.sampled_from([torch.float32, torch.float32, torch.float32, torch.float16])),
+        unpad=draw(st.sampled_from([True, False, "auto"])),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+def build_pair(case):
+    """Seeded HF model (fp32, eval, every weight perturbed) and its optimized copy in the case's dtype."""
+    config = hf_config(case["family"], *case["sizes"])
+    torch.manual_seed(case["seed"])
+    hf = getattr(transformers, FAMILIES[case["family"]] + case["head"])(config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    fast = fastbert.optimize(copy.deepcopy(hf).to(case["dtype"]), unpad=case["unpad"])
+    return hf, fast, config
+
+
+def compare_where_heads_read(out, ref, head: str, real: torch.Tensor, tol: float) -> None:
+    """Sequence-level outputs in full; per-token outputs (and hidden states) on real tokens."""
+    for o, r in zip(out.hidden_states, ref.hidden_states):
+        assert rel_err(o.float()[real], r[real]) < tol
+    for key, r in ref.items():
+        if not isinstance(r, torch.Tensor) or key == "hidden_states":
+            continue
+        o = out[key].float()
+        sequence_level = key in SEQUENCE_LEVEL or (key == "logits" and head in ("ForSequenceClassification",
+                                                                                 "ForMultipleChoice"))
+        err = rel_err(o, r) if sequence_level else rel_err(o[real], r[real])
+        assert err < tol, (key, err)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_matches_hf_where_heads_read(family):
+    @seed(zlib.crc32(family.encode()))
+    @settings(max_examples=EXAMPLES_PER_FAMILY, deadline=None, database=None, print_blob=True)
+    @given(case=cases(family))
+    def check(case):
+        check_case(case)
+
+    check()
+
+
+def check_case(case) -> None:
+    """Run one drawn case through HF and fastbert and compare where heads read."""
+    hf, fast, config = build_pair(case)
+    gen = torch.Generator().manual_seed(case["seed"])
+    batch, seq = case["batch"], case["seq"]
+    mask = make_mask(case["kind"], batch, seq, gen)
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    ids = torch.randint(3, config.vocab_size, (batch, seq), generator=gen)
+    if mask.dim() == 2:
+        ids = ids.masked_fill(mask == 0, pad)
+        hf_mask, real = mask, mask.bool()
+    else:  # a general mask: HF takes it 4D additive; every token is real
+        hf_mask = torch.zeros(batch, 1, seq, seq).masked_fill(~mask.bool()[:, None], torch.finfo(torch.float32).min)
+        real = torch.ones(batch, seq, dtype=torch.bool)
+    fast_mask = mask_form(mask, case["form"], case["mask_dtype"], config.num_attention_heads, case["additive"])
+    if case["head"] == "ForMultipleChoice":  # one example whose choices are the rows
+        ids, hf_mask, fast_mask = ids[None], hf_mask[None], fast_mask[None]
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=hf_mask, output_hidden_states=True)
+        out = fast(input_ids=ids, attention_mask=fast_mask, output_hidden_states=True)
+    tol = 1e-5 if case["dtype"] == torch.float32 else 1e-2
+    compare_where_heads_read(out, ref, case["head"], real, tol)
