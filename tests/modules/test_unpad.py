@@ -294,3 +294,16 @@ def test_unpad_roundtrip_op():
     assert torch.equal(back[keep], x[keep]) and torch.count_nonzero(back[~keep]) == 0
     with pytest.raises(ValueError, match="keep"):
         padding.unpad(x, keep.long())
+
+
+@pytest.mark.parametrize("mode", [True, "auto"])
+def test_compiled_forward_runs_the_padded_path_in_one_graph(mode):
+    """Under torch.compile the mask cannot be read: the padded path runs, without graph breaks."""
+    enc = _encoder()
+    enc.unpad = mode
+    x, mask = _hidden_and_mask([9, 4, 7])
+    compiled = torch.compile(enc, fullgraph=True, backend="eager")
+    out = compiled(x, attention_mask=mask).last_hidden_state
+    enc.unpad = False
+    assert torch.equal(out, enc(x, attention_mask=mask).last_hidden_state)
+    torch._dynamo.reset()
