@@ -23,8 +23,12 @@ SIDES = ("right", "left", "middle")
 MODES = (True, False, "auto")
 
 
+FAMILIES = ("bert", "roberta", "distilbert", "albert", "electra")  # XLM-R and CamemBERT are RoBERTa's adapter
+
+
 def _cases():
-    for family, prefix in FAMILY_PREFIX.items():
+    for family in FAMILIES:
+        prefix = FAMILY_PREFIX[family]
         for head in HEADS:
             cls = getattr(transformers, prefix + head, None)
             if cls is not None:
