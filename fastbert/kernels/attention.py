@@ -11,24 +11,38 @@ log-sum-exp, so rows whose scores are all huge negatives (Hugging Face masks wit
 Backward by recomputation: a small kernel computes ``delta = rowsum(dO * O)``; one
 kernel per key tile accumulates dK and dV over all query tiles, another per query
 tile accumulates dQ over key tiles (no atomics, deterministic). Gradients land in a
-``(batch, seq, 3 * hidden)`` tensor laid out like ``qkv``.
+tensor laid out like ``qkv``.
 
-Masks: ``key_lengths`` bounds the key loop, so tiles past a sequence's length are
-never loaded (the padding fast path); ``attn_mask`` (bool or additive, broadcast via
-stride 0) is loaded per tile. Rows without a live key output zeros and store
-``m = +inf``, so the backward recomputes ``p = exp(s - m - log_sum) = 0`` for them.
+Two layouts, one kernel family (constexpr ``IS_VARLEN``):
+- padded: ``qkv`` (batch, seq, 3*hidden) with masks. ``key_lengths`` bounds the key
+  loop, so tiles past a sequence's length are never loaded (the padding fast path);
+  ``attn_mask`` (bool or additive, broadcast via stride 0) is loaded per tile. Rows
+  without a live key output zeros and store ``m = +inf``, so the backward recomputes
+  ``p = exp(s - m - log_sum) = 0`` for them.
+- packed (padding-free, as flash-attention's varlen kernels): ``qkv`` (tokens, 3*hidden)
+  with ``cu_seqlens`` (int32, batch + 1 offsets: sequence ``b`` is rows
+  ``cu_seqlens[b]:cu_seqlens[b+1]``) and ``max_seqlen``. The grid covers
+  ``cdiv(max_seqlen, BLOCK)`` tiles per (sequence, head); a tile starting past its
+  sequence's end exits at once, and nothing is written outside a sequence's rows.
+  Zero-length sequences are allowed (no rows, nothing to do).
 
-Dropout on the attention probabilities uses Triton's counter-based Philox RNG keyed
-by ``(seed, batch * heads + head)`` with counter ``q * seq + k``: the backward pass
-regenerates the forward's mask exactly, whatever its tile sizes.
+Dropout on the attention probabilities uses Triton's counter-based Philox RNG, keyed
+by ``(seed, b * heads + h)`` (the seed in the key's low word, sequence and head in the
+high word) with counter ``q * 2**16 + k``, where ``q`` and ``k`` are the query's and
+key's positions within their sequence. The mask of a token pair is therefore the same
+in the padded and packed layouts and for every tile size, and the backward pass
+regenerates the forward's exactly. Sequences with dropout are limited to
+``MAX_DROPOUT_SEQLEN`` (2**16) positions.
 
-The oracle is ``fastbert.ops.attention.attention_reference``.
+The oracles are ``fastbert.ops.attention.attention_reference`` and
+``varlen_attention_reference``.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import triton
@@ -38,6 +52,8 @@ from fastbert.kernels import launch, registry
 from fastbert.kernels.registry import Variant
 
 MAX_HEAD_DIM = 128
+MAX_DROPOUT_SEQLEN = 2**16
+"""Longest sequence dropout supports: query and key positions share one 32-bit RNG counter."""
 _DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
@@ -114,11 +130,29 @@ _TABLE = {
 }
 
 
-def attention_configs(kernel: str, arch: int, *, dtype: str, head_dim_pad: int, dropout: bool) -> list[triton.Config]:
-    """Autotune configs of an attention kernel for ``arch`` (80 or 90) and one shape bucket."""
+# The packed kernels use _TABLE too, except for configs where, without the mask's
+# registers, ptxas (Triton 3.6) picks a 128-register target and spills a few words
+# across the key loop: those are swapped for a neighbour that passes the gate.
+_PACKED_SUBSTITUTES = {
+    ("attention_fwd", 80, "d64-dropout"): {(128, 64, 8, 3): (64, 64, 4, 3)},
+    ("attention_bwd_dkdv", 80, "d64-dropout"): {(16, 128, 8, 2): (16, 128, 8, 3)},
+    ("attention_bwd_dq", 90, "fp32"): {(32, 32, 8, 2): (32, 32, 4, 2)},
+}
+
+
+def attention_configs(
+    kernel: str, arch: int, *, dtype: str, head_dim_pad: int, dropout: bool, packed: bool = False
+) -> list[triton.Config]:
+    """Autotune configs of an attention kernel for ``arch`` (80 or 90) and one shape bucket
+    (``packed``: of its variable-length specialization)."""
     if kernel == "attention_bwd_delta":  # a bandwidth-bound row reduction: one config suffices
         return [triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=1)]
-    return [_cfg(*c) for c in _TABLE[kernel][arch][_family(dtype, head_dim_pad, dropout)]]
+    bucket = _family(dtype, head_dim_pad, dropout)
+    rows = _TABLE[kernel][arch][bucket]
+    if packed:
+        swap = _PACKED_SUBSTITUTES.get((kernel, arch, bucket), {})
+        rows = list(dict.fromkeys(swap.get(row, row) for row in rows))
+    return [_cfg(*c) for c in rows]
 
 
 # Under TRITON_INTERPRET=1 one small config keeps CPU tests fast. Forward and backward
@@ -134,7 +168,9 @@ _INTERPRETER_CONFIGS = {
 # ---------------------------------------------------------------------------
 # Representative specializations for the build gate: per config bucket, the heaviest
 # code path (mask + key lengths, + dropout where the bucket has it) at the bucket's
-# largest head dim, on a BERT-large-sized problem.
+# largest head dim, on a BERT-large-sized problem. Each kernel is registered twice,
+# padded (``attention_*``) and packed (``varlen_attention_*``, no mask: the sequence
+# lengths are the mask; configs from _TABLE with _PACKED_SUBSTITUTES).
 # ---------------------------------------------------------------------------
 
 _GATE_CASES = [  # dtype, head_dim, mask pointer type, dropout
@@ -144,29 +180,43 @@ _GATE_CASES = [  # dtype, head_dim, mask pointer type, dropout
     ("bf16", 128, "fp32", True),
     ("fp32", 128, "fp32", True),
 ]
+_GATE_SEQ, _GATE_HIDDEN = 512, 1024
+_GATE_TOKENS = 4097  # packed: about 8 sequences of up to 512, a token count no multiple of 16
 
 
-def _gate_variants(kernel: str) -> list[Variant]:
-    seq, hidden = 512, 1024
-    rows = {"b": seq * hidden, "s": hidden}  # strides of a (batch, seq, hidden) tensor
-    fused = {"b": seq * 3 * hidden, "s": 3 * hidden}  # strides of a (batch, seq, 3 * hidden) tensor
-    strides = lambda name, st: {f"stride_{name}_b": st["b"], f"stride_{name}_s": st["s"]}  # noqa: E731
+def _gate_variants(kernel: str, packed: bool) -> list[Variant]:
+    seq, hidden = _GATE_SEQ, _GATE_HIDDEN
+    rows = _GATE_TOKENS if packed else seq  # the statistics' row count per head
+
+    def strides(name: str, width: int) -> dict:  # (batch, row) strides; packed tensors have no batch dim
+        return {f"stride_{name}_b": 0 if packed else seq * width, f"stride_{name}_s": width}
+
     variants = []
     for dtype, head_dim, mask, dropout in _GATE_CASES[:1] if kernel == "attention_bwd_delta" else _GATE_CASES:
-        t = f"*{dtype}"
-        args: dict = {"seq_len": seq, "num_heads": hidden // head_dim, "HEAD_DIM": head_dim, "HEAD_DIM_PAD": head_dim}
+        t, heads = f"*{dtype}", hidden // head_dim
+        args: dict = {"seq_len": seq, "num_heads": heads, "HEAD_DIM": head_dim, "HEAD_DIM_PAD": head_dim}
+        args |= {"CuSeqlens": "*i32" if packed else t, "IS_VARLEN": packed}  # the launchers pass qkv as dummy
+        delta = {"Delta": "*fp32", "stride_delta_b": 0 if packed else heads * rows, "stride_delta_h": rows}
         if kernel == "attention_bwd_delta":
-            args |= {"Out": t, "dOut": t, "Delta": "*fp32", **strides("out", rows), **strides("dout", rows)}
+            args |= {"Out": t, "dOut": t, **delta, **strides("out", hidden), **strides("dout", hidden)}
         else:
-            args |= {"QKV": t, "Stats": "*fp32", "Mask": f"*{mask}", "KeyLen": "*i64", **strides("qkv", fused)}
-            args |= {"stride_mask_b": seq, "stride_mask_h": 0, "stride_mask_q": 0, "stride_mask_k": 1}  # (B, 1, 1, S)
+            args |= {"QKV": t, "Stats": "*fp32", **strides("qkv", 3 * hidden)}
+            args |= {"stride_stats_b": 0 if packed else heads * 2 * rows, "stride_stats_h": 2 * rows, "stride_stats_part": rows}
+            if packed:
+                args |= {"Mask": t, "KeyLen": t, "stride_mask_b": 0, "stride_mask_h": 0, "stride_mask_q": 0, "stride_mask_k": 0}
+            else:  # an HF padding mask (B, 1, 1, S)
+                args |= {"Mask": f"*{mask}", "KeyLen": "*i64"}
+                args |= {"stride_mask_b": seq, "stride_mask_h": 0, "stride_mask_q": 0, "stride_mask_k": 1}
             args |= {"scale": "fp32", "dropout_p": "fp32", "seed": "i32", "SEQ_BUCKET": seq}
-            args |= {"HAS_MASK": True, "MASK_IS_BOOL": mask == "u1", "HAS_KEYLEN": True, "HAS_DROPOUT": dropout}
+            args |= {"HAS_MASK": not packed, "MASK_IS_BOOL": mask == "u1" and not packed, "HAS_KEYLEN": not packed}
+            args |= {"HAS_DROPOUT": dropout}
         if kernel == "attention_fwd":
-            args |= {"Out": t, **strides("out", rows)}
+            args |= {"Out": t, **strides("out", hidden)}
         elif kernel != "attention_bwd_delta":
-            args |= {"dOut": t, "Delta": "*fp32", "dQKV": t, **strides("dout", rows), **strides("dqkv", fused)}
-        label = f"{dtype} d{head_dim}" if kernel == "attention_bwd_delta" else f"{dtype} d{head_dim} mask={mask} keylen"
+            args |= {"dOut": t, **delta, "dQKV": t, **strides("dout", hidden), **strides("dqkv", 3 * hidden)}
+        label = f"{dtype} d{head_dim}"
+        if kernel != "attention_bwd_delta":
+            label += " packed" if packed else f" mask={mask} keylen"
         label += " dropout" if dropout else ""
         key = {"dtype": dtype, "head_dim_pad": head_dim, "dropout": dropout}
         matrix = kernel != "attention_bwd_delta" and dtype != "fp32"  # fp32 uses exact FMA dots
@@ -175,19 +225,71 @@ def _gate_variants(kernel: str) -> list[Variant]:
 
 
 def _register(name: str):
-    """Register an attention kernel with its gate variants and config table."""
-    return registry.kernel(name=name, variants=_gate_variants(name), configs=functools.partial(attention_configs, name))
+    """Register an attention kernel, padded as ``name`` and packed as ``varlen_<name>``, for the build gate."""
+
+    def wrap(fn):
+        packed_configs = functools.partial(attention_configs, name, packed=True)
+        registry.kernel(name=f"varlen_{name}", variants=_gate_variants(name, packed=True), configs=packed_configs)(fn)
+        padded_configs = functools.partial(attention_configs, name)
+        return registry.kernel(name=name, variants=_gate_variants(name, packed=False), configs=padded_configs)(fn)
+
+    return wrap
 
 
 # ---------------------------------------------------------------------------
-# Kernels
+# Helpers shared by the kernels
 # ---------------------------------------------------------------------------
 
 
 @triton.jit
-def _dropout_keep(seed_bh, offs_q, offs_k, seq_len, dropout_p):
-    """Keep-mask for probabilities (offs_q x offs_k); the same in forward and backward."""
-    return tl.rand(seed_bh, offs_q * seq_len + offs_k) >= dropout_p
+def _tile_ids(seq_len, num_heads, BLOCK: tl.constexpr):
+    """This program's (tile, sequence b, head h, b * num_heads + h): cdiv(seq_len, BLOCK) tiles per (b, h)."""
+    num_tiles = tl.cdiv(seq_len, BLOCK)
+    pid_bh = tl.program_id(0) // num_tiles
+    return tl.program_id(0) % num_tiles, pid_bh // num_heads, pid_bh % num_heads, pid_bh
+
+
+@triton.jit
+def _sequence(b, CuSeqlens, KeyLen, seq_len, IS_VARLEN: tl.constexpr, HAS_KEYLEN: tl.constexpr):
+    """Sequence ``b``'s (first row as int64, rows, live keys).
+
+    Packed: rows ``cu_seqlens[b]:cu_seqlens[b + 1]``, every key live. Padded: rows
+    ``0:seq_len``, keys live below ``key_lengths[b]`` clamped to ``[0, seq_len]``.
+    """
+    if IS_VARLEN:
+        start = tl.load(CuSeqlens + b)
+        rows = tl.load(CuSeqlens + b + 1) - start
+        kv_end = rows
+    else:
+        start = tl.zeros((), tl.int32)
+        rows = seq_len
+        kv_end = seq_len
+        if HAS_KEYLEN:
+            kv_end = tl.minimum(tl.maximum(tl.load(KeyLen + b).to(tl.int32), 0), seq_len)
+    return start.to(tl.int64), rows, kv_end
+
+
+@triton.jit
+def _base(X, i, j, stride_i, stride_j):
+    """``X + i * stride_i + j * stride_j`` in 64-bit arithmetic (packed tensors outgrow 2**31 elements)."""
+    return X + i.to(tl.int64) * stride_i + j.to(tl.int64) * stride_j
+
+
+@triton.jit
+def _load_tile(base, offs, stride, ok, offs_d, d_ok):
+    """One head's rows ``offs`` (``stride`` apart) as an (rows, HEAD_DIM_PAD) tile; zeros where masked."""
+    return tl.load(base + offs[:, None] * stride + offs_d[None, :], mask=ok[:, None] & d_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _dropout_keep(seed_bh, offs_q, offs_k, dropout_p):
+    """Keep-mask for the (query, key) positions ``offs_q`` x ``offs_k`` of one (sequence, head).
+
+    Philox counter ``q * 2**16 + k`` from positions within the sequence (not rows of a
+    layout, not tiles): the same mask in padded and packed layouts, for every tile size.
+    """
+    counter = (offs_q.to(tl.uint32) << 16) | offs_k.to(tl.uint32)
+    return tl.rand(seed_bh, counter) >= dropout_p
 
 
 @triton.jit
@@ -203,37 +305,70 @@ def _scores(q, k, scale, mask_ptrs, mask_ok, key_ok, HAS_MASK: tl.constexpr, MAS
     return tl.where(key_ok, s, float("-inf"))
 
 
+@triton.jit
+def _load_row_stats(stats, stride_part, delta, offs, ok):
+    """The forward's row max and log exp-sum, and the backward's ``delta``, at query rows ``offs``."""
+    m = tl.load(stats + offs, mask=ok, other=float("inf"))
+    log_sum = tl.load(stats + stride_part + offs, mask=ok, other=0.0)
+    return m, log_sum, tl.load(delta + offs, mask=ok, other=0.0)
+
+
+@triton.jit
+def _probs_and_dscores(
+    x_r, x_c, g_r, g_c, m, log_sum, delta, offs_q, offs_k, scale, mask_ptrs, mask_ok, key_ok, seed_bh, dropout_p,
+    HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+):  # fmt: skip
+    """Recompute a tile of the forward's probabilities P and the gradient dS of its scores.
+
+    Scores are ``x_r @ x_c.T`` and ``dP = g_r @ g_c.T``: a queries x keys tile takes
+    (q, k, dO, V), a keys x queries tile (k, q, V, dO); ``m``, ``log_sum``, ``delta`` and
+    the positions come broadcast to the tile's orientation. Returns (P after dropout,
+    dS = P * (dP - delta)), dP dropped with P's mask.
+    """
+    s = _scores(x_r, x_c, scale, mask_ptrs, mask_ok, key_ok, HAS_MASK, MASK_IS_BOOL)
+    p = tl.exp(s - m - log_sum)
+    dp = tl.dot(g_r, tl.trans(g_c), input_precision="ieee")
+    p_dropped = p
+    if HAS_DROPOUT:
+        keep = _dropout_keep(seed_bh, offs_q, offs_k, dropout_p)
+        keep_scale = 1.0 / (1.0 - dropout_p)
+        p_dropped = tl.where(keep, p * keep_scale, 0.0)
+        dp = tl.where(keep, dp * keep_scale, 0.0)
+    return p_dropped, p * (dp - delta)
+
+
+# ---------------------------------------------------------------------------
+# Kernels. ``IS_VARLEN``: tensors are packed (tokens, ...) with sequence b at rows
+# cu_seqlens[b]:cu_seqlens[b+1] (batch strides 0), ``seq_len`` is the longest
+# sequence, and tiles past their sequence's end exit at once.
+# ---------------------------------------------------------------------------
+
+
 @_register("attention_fwd")
 def _attn_fwd(
-    QKV, Out, Stats, Mask, KeyLen,
-    stride_qkv_b, stride_qkv_s, stride_out_b, stride_out_s,
+    QKV, Out, Stats, Mask, KeyLen, CuSeqlens,
+    stride_qkv_b, stride_qkv_s, stride_out_b, stride_out_s, stride_stats_b, stride_stats_h, stride_stats_part,
     stride_mask_b, stride_mask_h, stride_mask_q, stride_mask_k,
     seq_len, num_heads, scale, dropout_p, seed,
     SEQ_BUCKET,  # autotune key only
-    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, IS_VARLEN: tl.constexpr,
     HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, HAS_KEYLEN: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    num_m = tl.cdiv(seq_len, BLOCK_M)
-    pid_m = tl.program_id(0) % num_m
-    pid_bh = tl.program_id(0) // num_m
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
+    pid_m, b, h, pid_bh = _tile_ids(seq_len, num_heads, BLOCK_M)
+    start, rows, kv_end = _sequence(b, CuSeqlens, KeyLen, seq_len, IS_VARLEN, HAS_KEYLEN)
+    if pid_m * BLOCK_M >= rows:
+        return
     hidden = num_heads * HEAD_DIM
-
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
-    row_ok = offs_m < seq_len
+    row_ok = offs_m < rows
     d_ok = offs_d < HEAD_DIM
-    q_base = QKV + b.to(tl.int64) * stride_qkv_b + h * HEAD_DIM
-    q = tl.load(q_base + offs_m[:, None] * stride_qkv_s + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    k_base = q_base + hidden
-    v_base = q_base + 2 * hidden
-
-    kv_end = seq_len
-    if HAS_KEYLEN:
-        kv_end = tl.minimum(tl.maximum(tl.load(KeyLen + b).to(tl.int32), 0), seq_len)
-    mask_rows = Mask + b.to(tl.int64) * stride_mask_b + h.to(tl.int64) * stride_mask_h + offs_m[:, None] * stride_mask_q
+    q_base = _base(QKV, b, start, stride_qkv_b, stride_qkv_s) + h * HEAD_DIM
+    q = _load_tile(q_base, offs_m, stride_qkv_s, row_ok, offs_d, d_ok)
+    out_base = _base(Out, b, start, stride_out_b, stride_out_s) + h * HEAD_DIM
+    stats = _base(Stats, b, h, stride_stats_b, stride_stats_h) + start + offs_m
+    mask_rows = _base(Mask, b, h, stride_mask_b, stride_mask_h) + offs_m[:, None] * stride_mask_q
     seed_bh = seed + pid_bh.to(tl.int64) * 4294967296  # (b, h) in the high word of Philox's key
     keep_scale = 1.0 / (1.0 - dropout_p)
 
@@ -243,8 +378,7 @@ def _attn_fwd(
     for start_n in range(0, kv_end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         key_ok = offs_n < kv_end
-        kv_mask = key_ok[:, None] & d_ok[None, :]
-        k = tl.load(k_base + offs_n[:, None] * stride_qkv_s + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = _load_tile(q_base + hidden, offs_n, stride_qkv_s, key_ok, offs_d, d_ok)
         s = _scores(q, k, scale, mask_rows + offs_n[None, :] * stride_mask_k, row_ok[:, None] & key_ok[None, :],
                     key_ok[None, :], HAS_MASK, MASK_IS_BOOL)
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -253,171 +387,142 @@ def _attn_fwd(
         alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         if HAS_DROPOUT:
-            keep = _dropout_keep(seed_bh, offs_m[:, None], offs_n[None, :], seq_len, dropout_p)
+            keep = _dropout_keep(seed_bh, offs_m[:, None], offs_n[None, :], dropout_p)
             p = tl.where(keep, p * keep_scale, 0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_qkv_s + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = _load_tile(q_base + 2 * hidden, offs_n, stride_qkv_s, key_ok, offs_d, d_ok)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         m_i = m_new
 
     dead = l_i == 0.0
     l_safe = tl.where(dead, 1.0, l_i)
-    out = acc / l_safe[:, None]
-    out_ptrs = Out + b.to(tl.int64) * stride_out_b + offs_m[:, None] * stride_out_s + h * HEAD_DIM + offs_d[None, :]
-    tl.store(out_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
-    stats = Stats + pid_bh.to(tl.int64) * 2 * seq_len + offs_m
+    tl.store(out_base + offs_m[:, None] * stride_out_s + offs_d[None, :], (acc / l_safe[:, None]).to(Out.dtype.element_ty),
+             mask=row_ok[:, None] & d_ok[None, :])
     tl.store(stats, tl.where(dead, float("inf"), m_i), mask=row_ok)
-    tl.store(stats + seq_len, tl.log(l_safe), mask=row_ok)
+    tl.store(stats + stride_stats_part, tl.log(l_safe), mask=row_ok)
 
 
 @_register("attention_bwd_delta")
 def _attn_bwd_delta(
-    Out, dOut, Delta,
-    stride_out_b, stride_out_s, stride_dout_b, stride_dout_s,
+    Out, dOut, Delta, CuSeqlens,
+    stride_out_b, stride_out_s, stride_dout_b, stride_dout_s, stride_delta_b, stride_delta_h,
     seq_len, num_heads,
-    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, IS_VARLEN: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
-    num_m = tl.cdiv(seq_len, BLOCK_M)
-    pid_m = tl.program_id(0) % num_m
-    pid_bh = tl.program_id(0) // num_m
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
+    pid_m, b, h, _ = _tile_ids(seq_len, num_heads, BLOCK_M)
+    start, rows, _ = _sequence(b, CuSeqlens, CuSeqlens, seq_len, IS_VARLEN, False)
+    if pid_m * BLOCK_M >= rows:
+        return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
-    ok = (offs_m < seq_len)[:, None] & (offs_d < HEAD_DIM)[None, :]
-    cols = h * HEAD_DIM + offs_d[None, :]
-    o = tl.load(Out + b.to(tl.int64) * stride_out_b + offs_m[:, None] * stride_out_s + cols, mask=ok, other=0.0)
-    do = tl.load(dOut + b.to(tl.int64) * stride_dout_b + offs_m[:, None] * stride_dout_s + cols, mask=ok, other=0.0)
+    row_ok = offs_m < rows
+    d_ok = offs_d < HEAD_DIM
+    o = _load_tile(_base(Out, b, start, stride_out_b, stride_out_s) + h * HEAD_DIM, offs_m, stride_out_s, row_ok, offs_d, d_ok)
+    do = _load_tile(_base(dOut, b, start, stride_dout_b, stride_dout_s) + h * HEAD_DIM, offs_m, stride_dout_s, row_ok,
+                    offs_d, d_ok)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(Delta + pid_bh.to(tl.int64) * seq_len + offs_m, delta, mask=offs_m < seq_len)
+    tl.store(_base(Delta, b, h, stride_delta_b, stride_delta_h) + start + offs_m, delta, mask=row_ok)
 
 
 @_register("attention_bwd_dkdv")
 def _attn_bwd_dkdv(
-    QKV, dOut, Stats, Delta, dQKV, Mask, KeyLen,
+    QKV, dOut, Stats, Delta, dQKV, Mask, KeyLen, CuSeqlens,
     stride_qkv_b, stride_qkv_s, stride_dout_b, stride_dout_s, stride_dqkv_b, stride_dqkv_s,
+    stride_stats_b, stride_stats_h, stride_stats_part, stride_delta_b, stride_delta_h,
     stride_mask_b, stride_mask_h, stride_mask_q, stride_mask_k,
     seq_len, num_heads, scale, dropout_p, seed,
     SEQ_BUCKET,  # autotune key only
-    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, IS_VARLEN: tl.constexpr,
     HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, HAS_KEYLEN: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     # Works on transposed tiles (keys x queries), so the row reductions of the
     # forward become column broadcasts here.
-    num_n = tl.cdiv(seq_len, BLOCK_N)
-    pid_n = tl.program_id(0) % num_n
-    pid_bh = tl.program_id(0) // num_n
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
+    pid_n, b, h, pid_bh = _tile_ids(seq_len, num_heads, BLOCK_N)
+    start, rows, kv_end = _sequence(b, CuSeqlens, KeyLen, seq_len, IS_VARLEN, HAS_KEYLEN)
+    if pid_n * BLOCK_N >= rows:
+        return
     hidden = num_heads * HEAD_DIM
-
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     d_ok = offs_d < HEAD_DIM
-    kv_end = seq_len
-    if HAS_KEYLEN:
-        kv_end = tl.minimum(tl.maximum(tl.load(KeyLen + b).to(tl.int32), 0), seq_len)
     key_ok = offs_n < kv_end
-
-    q_base = QKV + b.to(tl.int64) * stride_qkv_b + h * HEAD_DIM
-    do_base = dOut + b.to(tl.int64) * stride_dout_b + h * HEAD_DIM
-    mask_cols = Mask + b.to(tl.int64) * stride_mask_b + h.to(tl.int64) * stride_mask_h + offs_n[:, None] * stride_mask_k
+    q_base = _base(QKV, b, start, stride_qkv_b, stride_qkv_s) + h * HEAD_DIM
+    do_base = _base(dOut, b, start, stride_dout_b, stride_dout_s) + h * HEAD_DIM
+    stats = _base(Stats, b, h, stride_stats_b, stride_stats_h) + start
+    delta_base = _base(Delta, b, h, stride_delta_b, stride_delta_h) + start
+    mask_cols = _base(Mask, b, h, stride_mask_b, stride_mask_h) + offs_n[:, None] * stride_mask_k
     seed_bh = seed + pid_bh.to(tl.int64) * 4294967296
-    keep_scale = 1.0 / (1.0 - dropout_p)
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM_PAD], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM_PAD], tl.float32)
-    if pid_n * BLOCK_N < kv_end:  # key tiles past the sequence's length get zero gradients
-        kv_mask = key_ok[:, None] & d_ok[None, :]
-        k = tl.load(q_base + hidden + offs_n[:, None] * stride_qkv_s + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(q_base + 2 * hidden + offs_n[:, None] * stride_qkv_s + offs_d[None, :], mask=kv_mask, other=0.0)
-        for start_m in range(0, seq_len, BLOCK_M):
+    if pid_n * BLOCK_N < kv_end:  # padded: key tiles past the key length get zero gradients
+        k = _load_tile(q_base + hidden, offs_n, stride_qkv_s, key_ok, offs_d, d_ok)
+        v = _load_tile(q_base + 2 * hidden, offs_n, stride_qkv_s, key_ok, offs_d, d_ok)
+        for start_m in range(0, rows, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
-            row_ok = offs_m < seq_len
-            q_mask = row_ok[:, None] & d_ok[None, :]
-            q = tl.load(q_base + offs_m[:, None] * stride_qkv_s + offs_d[None, :], mask=q_mask, other=0.0)
-            do = tl.load(do_base + offs_m[:, None] * stride_dout_s + offs_d[None, :], mask=q_mask, other=0.0)
-            stats = Stats + pid_bh.to(tl.int64) * 2 * seq_len + offs_m
-            m = tl.load(stats, mask=row_ok, other=float("inf"))
-            log_sum = tl.load(stats + seq_len, mask=row_ok, other=0.0)
-            delta = tl.load(Delta + pid_bh.to(tl.int64) * seq_len + offs_m, mask=row_ok, other=0.0)
-            sT = _scores(k, q, scale, mask_cols + offs_m[None, :] * stride_mask_q, key_ok[:, None] & row_ok[None, :],
-                         key_ok[:, None], HAS_MASK, MASK_IS_BOOL)
-            pT = tl.exp(sT - m[None, :] - log_sum[None, :])
-            dpT = tl.dot(v, tl.trans(do), input_precision="ieee")
-            if HAS_DROPOUT:
-                keep = _dropout_keep(seed_bh, offs_m[None, :], offs_n[:, None], seq_len, dropout_p)
-                dv += tl.dot(tl.where(keep, pT * keep_scale, 0.0).to(do.dtype), do, input_precision="ieee")
-                dpT = tl.where(keep, dpT * keep_scale, 0.0)
-            else:
-                dv += tl.dot(pT.to(do.dtype), do, input_precision="ieee")
-            dsT = pT * (dpT - delta[None, :])
+            row_ok = offs_m < rows
+            q = _load_tile(q_base, offs_m, stride_qkv_s, row_ok, offs_d, d_ok)
+            do = _load_tile(do_base, offs_m, stride_dout_s, row_ok, offs_d, d_ok)
+            m, log_sum, delta = _load_row_stats(stats, stride_stats_part, delta_base, offs_m, row_ok)
+            pT, dsT = _probs_and_dscores(
+                k, q, v, do, m[None, :], log_sum[None, :], delta[None, :], offs_m[None, :], offs_n[:, None], scale,
+                mask_cols + offs_m[None, :] * stride_mask_q, key_ok[:, None] & row_ok[None, :], key_ok[:, None],
+                seed_bh, dropout_p, HAS_MASK, MASK_IS_BOOL, HAS_DROPOUT,
+            )  # fmt: skip
+            dv += tl.dot(pT.to(do.dtype), do, input_precision="ieee")
             dk += tl.dot(dsT.to(q.dtype), q, input_precision="ieee")
 
-    store_mask = (offs_n < seq_len)[:, None] & d_ok[None, :]
-    d_base = dQKV + b.to(tl.int64) * stride_dqkv_b + offs_n[:, None] * stride_dqkv_s + h * HEAD_DIM + offs_d[None, :]
-    tl.store(d_base + hidden, (dk * scale).to(dQKV.dtype.element_ty), mask=store_mask)
-    tl.store(d_base + 2 * hidden, dv.to(dQKV.dtype.element_ty), mask=store_mask)
+    d_ptrs = _base(dQKV, b, start, stride_dqkv_b, stride_dqkv_s) + h * HEAD_DIM + offs_n[:, None] * stride_dqkv_s
+    store_mask = (offs_n < rows)[:, None] & d_ok[None, :]
+    tl.store(d_ptrs + hidden + offs_d[None, :], (dk * scale).to(dQKV.dtype.element_ty), mask=store_mask)
+    tl.store(d_ptrs + 2 * hidden + offs_d[None, :], dv.to(dQKV.dtype.element_ty), mask=store_mask)
 
 
 @_register("attention_bwd_dq")
 def _attn_bwd_dq(
-    QKV, dOut, Stats, Delta, dQKV, Mask, KeyLen,
+    QKV, dOut, Stats, Delta, dQKV, Mask, KeyLen, CuSeqlens,
     stride_qkv_b, stride_qkv_s, stride_dout_b, stride_dout_s, stride_dqkv_b, stride_dqkv_s,
+    stride_stats_b, stride_stats_h, stride_stats_part, stride_delta_b, stride_delta_h,
     stride_mask_b, stride_mask_h, stride_mask_q, stride_mask_k,
     seq_len, num_heads, scale, dropout_p, seed,
     SEQ_BUCKET,  # autotune key only
-    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, IS_VARLEN: tl.constexpr,
     HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, HAS_KEYLEN: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    num_m = tl.cdiv(seq_len, BLOCK_M)
-    pid_m = tl.program_id(0) % num_m
-    pid_bh = tl.program_id(0) // num_m
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
+    pid_m, b, h, pid_bh = _tile_ids(seq_len, num_heads, BLOCK_M)
+    start, rows, kv_end = _sequence(b, CuSeqlens, KeyLen, seq_len, IS_VARLEN, HAS_KEYLEN)
+    if pid_m * BLOCK_M >= rows:
+        return
     hidden = num_heads * HEAD_DIM
-
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
-    row_ok = offs_m < seq_len
+    row_ok = offs_m < rows
     d_ok = offs_d < HEAD_DIM
-    q_mask = row_ok[:, None] & d_ok[None, :]
-    q_base = QKV + b.to(tl.int64) * stride_qkv_b + h * HEAD_DIM
-    q = tl.load(q_base + offs_m[:, None] * stride_qkv_s + offs_d[None, :], mask=q_mask, other=0.0)
-    do_ptrs = dOut + b.to(tl.int64) * stride_dout_b + offs_m[:, None] * stride_dout_s + h * HEAD_DIM + offs_d[None, :]
-    do = tl.load(do_ptrs, mask=q_mask, other=0.0)
-    stats = Stats + pid_bh.to(tl.int64) * 2 * seq_len + offs_m
-    m = tl.load(stats, mask=row_ok, other=float("inf"))
-    log_sum = tl.load(stats + seq_len, mask=row_ok, other=0.0)
-    delta = tl.load(Delta + pid_bh.to(tl.int64) * seq_len + offs_m, mask=row_ok, other=0.0)
-
-    kv_end = seq_len
-    if HAS_KEYLEN:
-        kv_end = tl.minimum(tl.maximum(tl.load(KeyLen + b).to(tl.int32), 0), seq_len)
-    mask_rows = Mask + b.to(tl.int64) * stride_mask_b + h.to(tl.int64) * stride_mask_h + offs_m[:, None] * stride_mask_q
+    q_base = _base(QKV, b, start, stride_qkv_b, stride_qkv_s) + h * HEAD_DIM
+    q = _load_tile(q_base, offs_m, stride_qkv_s, row_ok, offs_d, d_ok)
+    do = _load_tile(_base(dOut, b, start, stride_dout_b, stride_dout_s) + h * HEAD_DIM, offs_m, stride_dout_s, row_ok,
+                    offs_d, d_ok)
+    m, log_sum, delta = _load_row_stats(_base(Stats, b, h, stride_stats_b, stride_stats_h) + start, stride_stats_part,
+                                        _base(Delta, b, h, stride_delta_b, stride_delta_h) + start, offs_m, row_ok)
+    mask_rows = _base(Mask, b, h, stride_mask_b, stride_mask_h) + offs_m[:, None] * stride_mask_q
     seed_bh = seed + pid_bh.to(tl.int64) * 4294967296
-    keep_scale = 1.0 / (1.0 - dropout_p)
 
     dq = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
     for start_n in range(0, kv_end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         key_ok = offs_n < kv_end
-        kv_mask = key_ok[:, None] & d_ok[None, :]
-        k = tl.load(q_base + hidden + offs_n[:, None] * stride_qkv_s + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(q_base + 2 * hidden + offs_n[:, None] * stride_qkv_s + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = _scores(q, k, scale, mask_rows + offs_n[None, :] * stride_mask_k, row_ok[:, None] & key_ok[None, :],
-                    key_ok[None, :], HAS_MASK, MASK_IS_BOOL)
-        p = tl.exp(s - m[:, None] - log_sum[:, None])
-        dp = tl.dot(do, tl.trans(v), input_precision="ieee")
-        if HAS_DROPOUT:
-            keep = _dropout_keep(seed_bh, offs_m[:, None], offs_n[None, :], seq_len, dropout_p)
-            dp = tl.where(keep, dp * keep_scale, 0.0)
-        ds = p * (dp - delta[:, None])
+        k = _load_tile(q_base + hidden, offs_n, stride_qkv_s, key_ok, offs_d, d_ok)
+        v = _load_tile(q_base + 2 * hidden, offs_n, stride_qkv_s, key_ok, offs_d, d_ok)
+        _, ds = _probs_and_dscores(
+            q, k, do, v, m[:, None], log_sum[:, None], delta[:, None], offs_m[:, None], offs_n[None, :], scale,
+            mask_rows + offs_n[None, :] * stride_mask_k, row_ok[:, None] & key_ok[None, :], key_ok[None, :],
+            seed_bh, dropout_p, HAS_MASK, MASK_IS_BOOL, HAS_DROPOUT,
+        )  # fmt: skip
         dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
 
-    dq_ptrs = dQKV + b.to(tl.int64) * stride_dqkv_b + offs_m[:, None] * stride_dqkv_s + h * HEAD_DIM + offs_d[None, :]
-    tl.store(dq_ptrs, (dq * scale).to(dQKV.dtype.element_ty), mask=q_mask)
+    dq_ptrs = _base(dQKV, b, start, stride_dqkv_b, stride_dqkv_s) + h * HEAD_DIM + offs_m[:, None] * stride_dqkv_s
+    tl.store(dq_ptrs + offs_d[None, :], (dq * scale).to(dQKV.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
 # ---------------------------------------------------------------------------
@@ -432,39 +537,47 @@ def _tuned(name: str, arch: int, dtype: str, head_dim_pad: int, dropout: bool):
     """The autotuned launcher of kernel ``name`` for one (arch, dtype, head dim, dropout) bucket."""
     entry = registry.get(name)
     if arch == 0:
-        configs = [_INTERPRETER_CONFIGS[name]]
+        configs = [_INTERPRETER_CONFIGS[name.removeprefix("varlen_")]]
     else:
         configs = entry.configs(arch, dtype=dtype, head_dim_pad=head_dim_pad, dropout=dropout)
     key = [k for k in _TUNING_KEY if k in entry.fn.arg_names]
     return triton.autotune(configs=configs, key=key)(entry.fn)
 
 
-def _check_qkv(qkv: torch.Tensor, num_heads: int) -> tuple[int, int, int, int]:
-    """Validate ``qkv``; returns (batch, seq, hidden, head_dim)."""
+def _check_qkv(qkv: torch.Tensor, num_heads: int, layout: str = "(batch, seq, 3*hidden)") -> int:
+    """Validate ``qkv`` (3D padded, or 2D packed for ``layout="(tokens, 3*hidden)"``); returns head_dim."""
     if not isinstance(qkv, torch.Tensor):
         raise TypeError(f"qkv must be a torch.Tensor, got {type(qkv).__name__}")
     if qkv.dtype not in _DTYPES:
         raise TypeError(f"qkv must be float16, bfloat16 or float32 for the Triton attention kernel, got {qkv.dtype}")
-    if qkv.dim() != 3:
-        raise ValueError(f"qkv must have shape (batch, seq, 3*hidden), got {tuple(qkv.shape)}")
+    if qkv.dim() != layout.count(",") + 1:
+        raise ValueError(f"qkv must have shape {layout}, got {tuple(qkv.shape)}")
     launch.check_device("qkv", qkv)
-    if not isinstance(num_heads, int) or num_heads <= 0 or qkv.shape[2] % (3 * num_heads):
-        raise ValueError(f"qkv's last dimension ({qkv.shape[2]}) must be 3 * num_heads * head_dim, num_heads={num_heads}")
-    batch, seq, width = qkv.shape
-    head_dim = width // (3 * num_heads)
+    if not isinstance(num_heads, int) or num_heads <= 0 or qkv.shape[-1] % (3 * num_heads):
+        raise ValueError(f"qkv's last dimension ({qkv.shape[-1]}) must be 3 * num_heads * head_dim, num_heads={num_heads}")
+    head_dim = qkv.shape[-1] // (3 * num_heads)
     if head_dim > MAX_HEAD_DIM:
         raise ValueError(f"head_dim must be at most {MAX_HEAD_DIM} for the Triton attention kernel, got {head_dim}")
-    if seq == 0:
+    if qkv.dim() == 3 and qkv.shape[1] == 0:
         raise ValueError("qkv must have at least one sequence position")
-    if qkv.stride(2) != 1:
+    if qkv.stride(-1) != 1:
         raise ValueError(f"qkv must have stride 1 in its last dimension, got strides {qkv.stride()}")
-    return batch, seq, width // 3, head_dim
+    return head_dim
 
 
-def _mask_args(attn_mask, key_lengths, qkv: torch.Tensor, num_heads: int):
-    """Validate the masks; returns (mask tensor or dummy, its 4 strides, has_mask, is_bool, keylen or dummy)."""
+class _Masks(NamedTuple):
+    """Masks as the kernels take them: a 4D mask view (strides 0 where broadcast) and key lengths."""
+
+    attn_mask: torch.Tensor | None = None
+    strides: tuple[int, int, int, int] = (0, 0, 0, 0)
+    is_bool: bool = False
+    key_lengths: torch.Tensor | None = None
+
+
+def _mask_args(attn_mask, key_lengths, qkv: torch.Tensor, num_heads: int) -> _Masks:
+    """Validate the masks of a padded ``qkv``."""
     batch, seq = qkv.shape[:2]
-    mask, strides, is_bool = qkv, (0, 0, 0, 0), False
+    masks = _Masks()
     if attn_mask is not None:
         if not isinstance(attn_mask, torch.Tensor):
             raise TypeError(f"attn_mask must be a tensor or None, got {type(attn_mask).__name__}")
@@ -480,9 +593,8 @@ def _mask_args(attn_mask, key_lengths, qkv: torch.Tensor, num_heads: int):
             raise ValueError(f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to (batch, heads, q, k) = {full}")
         if mask.dtype == torch.float64:
             mask = mask.float()  # the kernel adds masks in fp32
-        is_bool = mask.dtype == torch.bool
         strides = tuple(0 if size == 1 else stride for size, stride in zip(mask.shape, mask.stride()))
-    keylen = qkv
+        masks = masks._replace(attn_mask=mask, strides=strides, is_bool=mask.dtype == torch.bool)
     if key_lengths is not None:
         if not isinstance(key_lengths, torch.Tensor):
             raise TypeError(f"key_lengths must be a tensor or None, got {type(key_lengths).__name__}")
@@ -492,22 +604,94 @@ def _mask_args(attn_mask, key_lengths, qkv: torch.Tensor, num_heads: int):
             )
         if key_lengths.device != qkv.device:
             raise ValueError(f"key_lengths must be on {qkv.device}, got {key_lengths.device}")
-        keylen = key_lengths
-    return mask, strides, attn_mask is not None, is_bool, keylen
+        masks = masks._replace(key_lengths=key_lengths)
+    return masks
 
 
-def _check_dropout(dropout_p: float, seed: int, seq: int) -> None:
+def _check_dropout(dropout_p: float, seed: int, max_seqlen: int) -> None:
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     if dropout_p > 0.0:
         if not isinstance(seed, int) or not 0 <= seed < 2**31:
             raise ValueError(f"seed must be an int in [0, 2**31) when dropout_p > 0, got {seed!r}")
-        if seq * seq >= 2**31:
-            raise ValueError(f"dropout needs seq**2 < 2**31 (32-bit RNG counters), got seq={seq}")
+        if max_seqlen > MAX_DROPOUT_SEQLEN:
+            raise ValueError(
+                f"dropout needs sequences of at most {MAX_DROPOUT_SEQLEN} positions (16-bit positions in the "
+                f"RNG counter), got {max_seqlen}"
+            )
 
 
 def _seq_bucket(seq: int) -> int:
     return max(16, triton.next_power_of_2(seq))
+
+
+def _outer_strides(t: torch.Tensor, packed: bool) -> tuple[int, int]:
+    """Strides of ``t``'s (batch, next) dimensions; packed tensors have no batch dimension (stride 0)."""
+    return (0, t.stride(0)) if packed else (t.stride(0), t.stride(1))
+
+
+def _kernel_meta(qkv: torch.Tensor, num_heads: int, packed: bool, masks: _Masks, dropout_p: float) -> dict:
+    head_dim = qkv.shape[-1] // (3 * num_heads)
+    return dict(
+        HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)), IS_VARLEN=packed,
+        HAS_MASK=masks.attn_mask is not None, MASK_IS_BOOL=masks.is_bool, HAS_KEYLEN=masks.key_lengths is not None,
+        HAS_DROPOUT=dropout_p > 0.0,
+    )  # fmt: skip
+
+
+def _forward(qkv, num_heads, batch, seq_len, cu_seqlens, masks: _Masks, dropout_p, scale, seed):
+    """Run the forward kernel: padded, or packed when ``cu_seqlens`` is given (``seq_len`` = longest sequence)."""
+    packed = cu_seqlens is not None
+    meta = _kernel_meta(qkv, num_heads, packed, masks, dropout_p)
+    scale = 1.0 / math.sqrt(meta["HEAD_DIM"]) if scale is None else float(scale)
+    hidden = qkv.shape[-1] // 3
+    out = launch.empty((*qkv.shape[:-1], hidden), qkv.dtype, qkv.device)
+    stats_shape = (num_heads, 2, qkv.shape[0]) if packed else (batch, num_heads, 2, seq_len)
+    stats = launch.empty(stats_shape, torch.float32, qkv.device)
+    if out.numel() == 0 or seq_len == 0:
+        return out, stats
+    name = "varlen_attention_fwd" if packed else "attention_fwd"
+    kernel = _tuned(name, launch.arch(qkv.device), _DTYPES[qkv.dtype], meta["HEAD_DIM_PAD"], dropout_p > 0.0)
+    grid = lambda m: (triton.cdiv(seq_len, m["BLOCK_M"]) * batch * num_heads,)  # noqa: E731
+    kernel[grid](
+        qkv, out, stats, _or(masks.attn_mask, qkv), _or(masks.key_lengths, qkv), _or(cu_seqlens, qkv),
+        *_outer_strides(qkv, packed), *_outer_strides(out, packed), *_outer_strides(stats, packed), stats.stride(-2),
+        *masks.strides, seq_len, num_heads, scale, float(dropout_p), seed, _seq_bucket(seq_len), **meta,
+    )  # fmt: skip
+    return out, stats
+
+
+def _backward(dout, qkv, out, stats, num_heads, batch, seq_len, cu_seqlens, masks: _Masks, dropout_p, scale, seed):
+    """Run the backward kernels (delta, dK/dV, dQ), padded or packed as :func:`_forward`."""
+    packed = cu_seqlens is not None
+    meta = _kernel_meta(qkv, num_heads, packed, masks, dropout_p)
+    scale = 1.0 / math.sqrt(meta["HEAD_DIM"]) if scale is None else float(scale)
+    dqkv = launch.empty(tuple(qkv.shape), qkv.dtype, qkv.device)
+    if dqkv.numel() == 0 or seq_len == 0:
+        return dqkv
+    arch, dtype, prefix = launch.arch(qkv.device), _DTYPES[qkv.dtype], "varlen_" if packed else ""
+    tuned = lambda kernel, dropout: _tuned(prefix + kernel, arch, dtype, meta["HEAD_DIM_PAD"], dropout)  # noqa: E731
+    delta = launch.empty((*stats.shape[:-2], stats.shape[-1]), torch.float32, qkv.device)
+    cu = _or(cu_seqlens, qkv)
+    tiles = lambda block: (triton.cdiv(seq_len, block) * batch * num_heads,)  # noqa: E731
+    tuned("attention_bwd_delta", False)[lambda m: tiles(m["BLOCK_M"])](
+        out, dout, delta, cu, *_outer_strides(out, packed), *_outer_strides(dout, packed), *_outer_strides(delta, packed),
+        seq_len, num_heads, HEAD_DIM=meta["HEAD_DIM"], HEAD_DIM_PAD=meta["HEAD_DIM_PAD"], IS_VARLEN=packed,
+    )  # fmt: skip
+    args = (
+        qkv, dout, stats, delta, dqkv, _or(masks.attn_mask, qkv), _or(masks.key_lengths, qkv), cu,
+        *_outer_strides(qkv, packed), *_outer_strides(dout, packed), *_outer_strides(dqkv, packed),
+        *_outer_strides(stats, packed), stats.stride(-2), *_outer_strides(delta, packed), *masks.strides,
+        seq_len, num_heads, scale, float(dropout_p), seed, _seq_bucket(seq_len),
+    )  # fmt: skip
+    tuned("attention_bwd_dkdv", dropout_p > 0.0)[lambda m: tiles(m["BLOCK_N"])](*args, **meta)
+    tuned("attention_bwd_dq", dropout_p > 0.0)[lambda m: tiles(m["BLOCK_M"])](*args, **meta)
+    return dqkv
+
+
+def _or(t: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
+    """``t``, or a dummy pointer for a kernel argument its constexpr flags leave unread."""
+    return dummy if t is None else t
 
 
 def attention_forward(
@@ -528,25 +712,11 @@ def attention_forward(
     ``scale`` defaults to ``1/sqrt(head_dim)``; ``seed`` (in ``[0, 2**31)``) selects
     the dropout mask; ``key_lengths`` values are clamped to ``[0, seq]``.
     """
-    batch, seq, hidden, head_dim = _check_qkv(qkv, num_heads)
-    mask, mstrides, has_mask, is_bool, keylen = _mask_args(attn_mask, key_lengths, qkv, num_heads)
+    _check_qkv(qkv, num_heads)
+    masks = _mask_args(attn_mask, key_lengths, qkv, num_heads)
+    batch, seq = qkv.shape[:2]
     _check_dropout(dropout_p, seed, seq)
-    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-    out = launch.empty((batch, seq, hidden), qkv.dtype, qkv.device)
-    stats = launch.empty((batch, num_heads, 2, seq), torch.float32, qkv.device)
-    if batch == 0:
-        return out, stats
-    head_dim_pad = max(16, triton.next_power_of_2(head_dim))
-    kernel = _tuned("attention_fwd", launch.arch(qkv.device), _DTYPES[qkv.dtype], head_dim_pad, dropout_p > 0.0)
-    grid = lambda meta: (triton.cdiv(seq, meta["BLOCK_M"]) * batch * num_heads,)  # noqa: E731
-    kernel[grid](
-        qkv, out, stats, mask, keylen,
-        qkv.stride(0), qkv.stride(1), out.stride(0), out.stride(1), *mstrides,
-        seq, num_heads, scale, float(dropout_p), seed, _seq_bucket(seq),
-        HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, HAS_MASK=has_mask, MASK_IS_BOOL=is_bool,
-        HAS_KEYLEN=key_lengths is not None, HAS_DROPOUT=dropout_p > 0.0,
-    )  # fmt: skip
-    return out, stats
+    return _forward(qkv, num_heads, batch, seq, None, masks, dropout_p, scale, seed)
 
 
 def attention_backward(
@@ -567,13 +737,14 @@ def attention_backward(
     and ``seed`` must be the forward's. Returns ``dqkv`` (batch, seq, 3*hidden),
     contiguous, in ``qkv``'s dtype. No gradient flows to ``attn_mask``.
     """
-    batch, seq, hidden, head_dim = _check_qkv(qkv, num_heads)
-    mask, mstrides, has_mask, is_bool, keylen = _mask_args(attn_mask, key_lengths, qkv, num_heads)
+    _check_qkv(qkv, num_heads)
+    masks = _mask_args(attn_mask, key_lengths, qkv, num_heads)
+    batch, seq, width = qkv.shape
     _check_dropout(dropout_p, seed, seq)
     for name, t in (("dout", dout), ("out", out)):
-        if not isinstance(t, torch.Tensor) or t.shape != (batch, seq, hidden) or t.dtype != qkv.dtype:
+        if not isinstance(t, torch.Tensor) or t.shape != (batch, seq, width // 3) or t.dtype != qkv.dtype:
             raise ValueError(
-                f"{name} must be a {qkv.dtype} tensor of shape {(batch, seq, hidden)}, got "
+                f"{name} must be a {qkv.dtype} tensor of shape {(batch, seq, width // 3)}, got "
                 f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}"
             )
         if t.device != qkv.device or t.stride(2) != 1:
@@ -583,27 +754,52 @@ def attention_backward(
         raise ValueError(f"stats must be the forward's float32 tensor of shape {expected}")
     if not stats.is_contiguous() or stats.device != qkv.device:
         raise ValueError(f"stats must be contiguous and on {qkv.device}")
-    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-    dqkv = launch.empty((batch, seq, 3 * hidden), qkv.dtype, qkv.device)
-    if batch == 0:
-        return dqkv
-    arch, dtype = launch.arch(qkv.device), _DTYPES[qkv.dtype]
-    head_dim_pad = max(16, triton.next_power_of_2(head_dim))
-    delta = launch.empty((batch, num_heads, seq), torch.float32, qkv.device)
-    rows = lambda block: (triton.cdiv(seq, block) * batch * num_heads,)  # noqa: E731
-    _tuned("attention_bwd_delta", arch, dtype, head_dim_pad, False)[lambda meta: rows(meta["BLOCK_M"])](
-        out, dout, delta, out.stride(0), out.stride(1), dout.stride(0), dout.stride(1), seq, num_heads,
-        HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
-    )  # fmt: skip
-    args = (
-        qkv, dout, stats, delta, dqkv, mask, keylen,
-        qkv.stride(0), qkv.stride(1), dout.stride(0), dout.stride(1), dqkv.stride(0), dqkv.stride(1), *mstrides,
-        seq, num_heads, scale, float(dropout_p), seed, _seq_bucket(seq),
-    )  # fmt: skip
-    meta = dict(
-        HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, HAS_MASK=has_mask, MASK_IS_BOOL=is_bool,
-        HAS_KEYLEN=key_lengths is not None, HAS_DROPOUT=dropout_p > 0.0,
-    )  # fmt: skip
-    _tuned("attention_bwd_dkdv", arch, dtype, head_dim_pad, dropout_p > 0.0)[lambda m: rows(m["BLOCK_N"])](*args, **meta)
-    _tuned("attention_bwd_dq", arch, dtype, head_dim_pad, dropout_p > 0.0)[lambda m: rows(m["BLOCK_M"])](*args, **meta)
-    return dqkv
+    return _backward(dout, qkv, out, stats, num_heads, batch, seq, None, masks, dropout_p, scale, seed)
+
+
+# --- packed (variable-length) layout --------------------------------------------------
+
+
+def check_varlen_inputs(qkv: torch.Tensor, num_heads: int, cu_seqlens: torch.Tensor, max_seqlen: int, dropout_p: float) -> None:
+    """What the packed kernels need beyond :func:`fastbert.ops.attention`'s checks (shapes and types only).
+
+    ``qkv`` (tokens, 3*hidden) in fp16/bf16/fp32 with stride 1 in its last dimension,
+    head_dim <= 128; ``cu_seqlens`` int32 on ``qkv``'s device; ``max_seqlen`` at most
+    ``MAX_DROPOUT_SEQLEN`` with dropout. The values of ``cu_seqlens`` are not read here.
+    """
+    _check_qkv(qkv, num_heads, "(tokens, 3*hidden)")
+    if cu_seqlens.dtype != torch.int32 or cu_seqlens.device != qkv.device:
+        raise ValueError(f"cu_seqlens must be int32 on {qkv.device}, got {cu_seqlens.dtype} on {cu_seqlens.device}")
+    _check_dropout(dropout_p, 0, max_seqlen)
+
+
+def varlen_attention_forward(
+    qkv: torch.Tensor, num_heads: int, cu_seqlens: torch.Tensor, max_seqlen: int,
+    dropout_p: float = 0.0, scale: float | None = None, seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Fused attention forward over packed ``qkv`` (tokens, 3*hidden): sequence ``b`` is
+    rows ``cu_seqlens[b]:cu_seqlens[b+1]`` and attends only to itself.
+
+    Returns ``(out, stats)``: ``out`` (tokens, hidden) contiguous in ``qkv``'s dtype and
+    ``stats`` (heads, 2, tokens) float32 (as :func:`attention_forward`'s, per token).
+    Rows outside every sequence (past ``cu_seqlens[-1]``) are not written.
+    Trusts its caller (:func:`check_varlen_inputs` and ``fastbert.ops.attention`` check):
+    ``cu_seqlens`` int32 of ``batch + 1`` non-decreasing offsets from 0, ``max_seqlen``
+    at least the longest sequence.
+    """
+    return _forward(qkv, num_heads, cu_seqlens.shape[0] - 1, max_seqlen, cu_seqlens, _Masks(), dropout_p, scale, seed)
+
+
+def varlen_attention_backward(
+    dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, stats: torch.Tensor, num_heads: int,
+    cu_seqlens: torch.Tensor, max_seqlen: int, dropout_p: float = 0.0, scale: float | None = None, seed: int = 0,
+) -> torch.Tensor:  # fmt: skip
+    """Gradient of :func:`varlen_attention_forward` with respect to ``qkv``: ``dqkv``
+    (tokens, 3*hidden) contiguous in ``qkv``'s dtype (rows outside every sequence not written).
+
+    ``dout`` and ``out`` (tokens, hidden) have stride 1 in their last dimension; the other
+    arguments are the forward's. Trusts its caller like the forward.
+    """
+    return _backward(
+        dout, qkv, out, stats, num_heads, cu_seqlens.shape[0] - 1, max_seqlen, cu_seqlens, _Masks(), dropout_p, scale, seed
+    )

@@ -16,9 +16,9 @@ A query row whose keys are all masked produces zeros (never NaN).
 
 Packed (padding-free) input: ``qkv`` of shape ``(tokens, 3 * hidden)`` with
 ``cu_seqlens`` (``(batch + 1,)`` cumulative lengths) and ``max_seqlen``; each token
-attends only within its own sequence, and the result is ``(tokens, hidden)``.
-Backends without a native variable-length kernel run it as a right-padded batch with
-``key_lengths``.
+attends only within its own sequence, and the result is ``(tokens, hidden)``. It runs
+as the op ``varlen_attention``: natively on Triton (packed kernels, no padding), and
+in the reference as a right-padded batch with ``key_lengths``.
 """
 
 from __future__ import annotations
@@ -71,37 +71,49 @@ def attention(
     scale: float | None = None,
     cu_seqlens: torch.Tensor | None = None,
     max_seqlen: int | None = None,
+    indices: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Self-attention over a fused QKV tensor; see the module docstring for layouts and masks.
 
     ``dropout_p`` drops attention probabilities (pass 0.0 in eval mode). ``scale``
     defaults to ``1/sqrt(head_dim)``. Returns ``(batch, seq, hidden)``, or
     ``(tokens, hidden)`` for packed input (``cu_seqlens``/``max_seqlen``).
+    ``indices``: packed input only, optional: ``padding.varlen_indices(cu_seqlens,
+    max_seqlen)`` computed once by the caller (an encoder, per forward), which the
+    reference path otherwise computes, with a host sync, on every call.
     """
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     if cu_seqlens is not None:
-        return _varlen_attention(qkv, num_heads, cu_seqlens, max_seqlen, attn_mask, key_lengths, dropout_p, scale)
+        return _varlen_attention(
+            qkv, num_heads, cu_seqlens, max_seqlen, attn_mask, key_lengths, dropout_p, scale, indices
+        )
+    if indices is not None:
+        raise ValueError("indices go with packed input (cu_seqlens) only")
     check_attention_inputs(qkv, num_heads, attn_mask, key_lengths)
     fn = dispatch.implementation("attention", qkv.device)
     return fn(qkv, num_heads, attn_mask=attn_mask, key_lengths=key_lengths, dropout_p=dropout_p, scale=scale)
 
 
-def _varlen_attention(qkv, num_heads, cu_seqlens, max_seqlen, attn_mask, key_lengths, dropout_p, scale):
-    """Packed attention run as a right-padded batch with per-sequence key lengths."""
+def _varlen_attention(qkv, num_heads, cu_seqlens, max_seqlen, attn_mask, key_lengths, dropout_p, scale, indices):
+    """Packed attention: validate (shapes and types, no host sync), then run the backend's ``varlen_attention``."""
     if attn_mask is not None or key_lengths is not None:
         raise ValueError("packed input (cu_seqlens) takes no attn_mask or key_lengths: the lengths are the mask")
     if not isinstance(qkv, torch.Tensor) or qkv.dim() != 2:
         raise ValueError(f"packed qkv must be 2D (tokens, 3*hidden), got {getattr(qkv, 'shape', type(qkv))}")
     padding.check_cu_seqlens(cu_seqlens, qkv.shape[0], max_seqlen)
-    batch, max_seqlen = cu_seqlens.numel() - 1, int(max_seqlen)
-    indices = padding.varlen_indices(cu_seqlens, max_seqlen)
-    if indices.numel() != qkv.shape[0]:
-        raise ValueError(f"cu_seqlens describe {indices.numel()} tokens but qkv has {qkv.shape[0]} rows")
-    padded = padding.pad(qkv, indices, batch, max(max_seqlen, 1))
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
-    out = attention(padded, num_heads, key_lengths=lengths, dropout_p=dropout_p, scale=scale)
-    return padding.gather_rows(out.reshape(-1, out.shape[-1]), indices)
+    if not qkv.is_floating_point():
+        raise TypeError(f"qkv must be a floating-point tensor, got {qkv.dtype}")
+    if num_heads <= 0 or qkv.shape[-1] % (3 * num_heads) != 0:
+        raise ValueError(
+            f"qkv's last dimension ({qkv.shape[-1]}) must be 3 * num_heads * head_dim with num_heads={num_heads}"
+        )
+    if cu_seqlens.device != qkv.device:
+        raise ValueError(f"cu_seqlens must be on qkv's device {qkv.device}, got {cu_seqlens.device}")
+    if indices is not None and (indices.dim() != 1 or indices.shape[0] != qkv.shape[0]):
+        raise ValueError(f"indices must hold one position per token ({qkv.shape[0]},), got {tuple(indices.shape)}")
+    fn = dispatch.implementation("varlen_attention", qkv.device)
+    return fn(qkv, num_heads, cu_seqlens, int(max_seqlen), dropout_p=dropout_p, scale=scale, indices=indices)
 
 
 def split_heads(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -168,3 +180,25 @@ def attention_reference(
     if row_live is not None:
         out = torch.where(row_live, out, torch.zeros((), dtype=out.dtype, device=out.device))
     return out.transpose(1, 2).reshape(batch, seq, hidden).to(qkv.dtype)
+
+
+@dispatch.register("varlen_attention", "torch")
+def varlen_attention_reference(
+    qkv: torch.Tensor, num_heads: int, cu_seqlens: torch.Tensor, max_seqlen: int, *,
+    dropout_p: float = 0.0, scale: float | None = None, indices: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Packed attention (the oracle and the CPU path): pad to ``(batch, max_seqlen)``,
+    run :func:`attention_reference` with ``key_lengths``, gather the tokens back.
+
+    ``indices`` (``padding.varlen_indices(cu_seqlens, max_seqlen)``) may be given when
+    already computed; computing them here synchronizes with the device.
+    """
+    batch, max_seqlen = cu_seqlens.numel() - 1, int(max_seqlen)
+    if indices is None:
+        indices = padding.varlen_indices(cu_seqlens, max_seqlen)
+    if indices.numel() != qkv.shape[0]:
+        raise ValueError(f"cu_seqlens describe {indices.numel()} tokens but qkv has {qkv.shape[0]} rows")
+    padded = padding.pad(qkv, indices, batch, max(max_seqlen, 1))
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
+    out = attention_reference(padded, num_heads, key_lengths=lengths, dropout_p=dropout_p, scale=scale)
+    return padding.gather_rows(out.reshape(-1, out.shape[-1]), indices)

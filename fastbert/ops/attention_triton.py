@@ -1,9 +1,11 @@
 """Triton path of :func:`fastbert.ops.attention`: fused kernels, autograd, torch.compile.
 
-The kernels (``fastbert.kernels.attention``) are wrapped as two ``torch.library``
-custom ops, ``fastbert::attention_fwd`` and ``fastbert::attention_bwd``, with fake
-(meta) implementations, so ``torch.compile(fullgraph=True)`` traces through them,
-and ``register_autograd`` connects the backward kernel for training.
+The kernels (``fastbert.kernels.attention``) are wrapped as ``torch.library`` custom
+ops, ``fastbert::attention_fwd``/``attention_bwd`` (padded) and
+``fastbert::varlen_attention_fwd``/``varlen_attention_bwd`` (packed, ``cu_seqlens``),
+with fake (meta) implementations, so ``torch.compile(fullgraph=True)`` traces through
+them (the packed ones shape their outputs from ``qkv``'s token count, which may be an
+unbacked size), and ``register_autograd`` connects the backward kernels for training.
 
 Dropout draws its seed from PyTorch's default CPU generator, so ``torch.manual_seed``
 reproduces the mask; the seed travels as a CPU tensor, which keeps the op free of
@@ -18,7 +20,13 @@ import math
 
 import torch
 
-from fastbert.kernels.attention import attention_backward, attention_forward
+from fastbert.kernels.attention import (
+    attention_backward,
+    attention_forward,
+    check_varlen_inputs,
+    varlen_attention_backward,
+    varlen_attention_forward,
+)
 from fastbert.ops import dispatch
 from fastbert.ops.attention import check_attention_inputs
 
@@ -63,8 +71,6 @@ def attention_bwd_op(
     seed: torch.Tensor | None,
 ) -> torch.Tensor:
     """Gradient of ``attention_fwd`` with respect to ``qkv`` (see ``attention_backward``)."""
-    if dout.stride(-1) != 1:
-        dout = dout.contiguous()
     return attention_backward(
         dout, qkv, out, stats, num_heads, attn_mask, key_lengths, dropout_p, scale, _seed_value(seed)
     )
@@ -75,23 +81,29 @@ def _(dout, qkv, out, stats, num_heads, attn_mask, key_lengths, dropout_p, scale
     return torch.empty_like(qkv, memory_format=torch.contiguous_format)
 
 
-def _setup_context(ctx, inputs, output):
-    qkv, num_heads, attn_mask, key_lengths, dropout_p, scale, seed = inputs
-    out, stats = output
-    ctx.mark_non_differentiable(stats)
-    ctx.save_for_backward(qkv, out, stats, attn_mask, key_lengths, seed)
-    ctx.num_heads, ctx.dropout_p, ctx.scale = num_heads, dropout_p, scale
+def _connect_backward(fwd_op, bwd_op) -> None:
+    """Register ``bwd_op(dout, qkv, out, stats, *inputs[1:])`` as the autograd of
+    ``fwd_op(qkv, *inputs[1:]) -> (out, stats)``; only ``qkv`` gets a gradient."""
+
+    def setup_context(ctx, inputs, output):
+        out, stats = output
+        ctx.mark_non_differentiable(stats)
+        ctx.is_tensor = [isinstance(x, torch.Tensor) for x in inputs]
+        ctx.save_for_backward(out, stats, *(x for x, t in zip(inputs, ctx.is_tensor) if t))
+        ctx.constants = [None if t else x for x, t in zip(inputs, ctx.is_tensor)]
+
+    def backward(ctx, grad_out, grad_stats):
+        out, stats, *tensors = ctx.saved_tensors
+        saved = iter(tensors)
+        qkv, *rest = [next(saved) if t else c for t, c in zip(ctx.is_tensor, ctx.constants)]
+        if grad_out.stride(-1) != 1:
+            grad_out = grad_out.contiguous()
+        return bwd_op(grad_out, qkv, out, stats, *rest), *(None for _ in rest)
+
+    fwd_op.register_autograd(backward, setup_context=setup_context)
 
 
-def _backward(ctx, grad_out, grad_stats):
-    qkv, out, stats, attn_mask, key_lengths, seed = ctx.saved_tensors
-    dqkv = attention_bwd_op(
-        grad_out, qkv, out, stats, ctx.num_heads, attn_mask, key_lengths, ctx.dropout_p, ctx.scale, seed
-    )
-    return dqkv, None, None, None, None, None, None
-
-
-attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_connect_backward(attention_fwd_op, attention_bwd_op)
 
 
 @dispatch.register("attention", "triton")
@@ -118,6 +130,68 @@ def triton_attention(
         qkv = qkv.contiguous()
     if scale is None:
         scale = 1.0 / math.sqrt(qkv.shape[-1] // (3 * num_heads))
-    seed = torch.randint(0, 2**31 - 1, (), dtype=torch.int64) if dropout_p > 0.0 else None
+    seed = _draw_seed(dropout_p)
     out, _ = attention_fwd_op(qkv, num_heads, attn_mask, key_lengths, float(dropout_p), float(scale), seed)
+    return out
+
+
+def _draw_seed(dropout_p: float) -> torch.Tensor | None:
+    """A dropout seed from PyTorch's default CPU generator (a CPU tensor: no device sync), or None."""
+    return torch.randint(0, 2**31 - 1, (), dtype=torch.int64) if dropout_p > 0.0 else None
+
+
+# --- packed (variable-length) layout --------------------------------------------------
+
+
+@torch.library.custom_op("fastbert::varlen_attention_fwd", mutates_args=())
+def varlen_attention_fwd_op(
+    qkv: torch.Tensor, num_heads: int, cu_seqlens: torch.Tensor, max_seqlen: int, dropout_p: float, scale: float,
+    seed: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Packed attention forward; returns ``(out, stats)`` (see ``varlen_attention_forward``)."""
+    return varlen_attention_forward(qkv, num_heads, cu_seqlens, max_seqlen, dropout_p, scale, _seed_value(seed))
+
+
+@varlen_attention_fwd_op.register_fake
+def _(qkv, num_heads, cu_seqlens, max_seqlen, dropout_p, scale, seed):
+    tokens, width = qkv.shape
+    return qkv.new_empty((tokens, width // 3)), qkv.new_empty((num_heads, 2, tokens), dtype=torch.float32)
+
+
+@torch.library.custom_op("fastbert::varlen_attention_bwd", mutates_args=())
+def varlen_attention_bwd_op(
+    dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, stats: torch.Tensor, num_heads: int,
+    cu_seqlens: torch.Tensor, max_seqlen: int, dropout_p: float, scale: float, seed: torch.Tensor | None,
+) -> torch.Tensor:  # fmt: skip
+    """Gradient of ``varlen_attention_fwd`` with respect to ``qkv`` (see ``varlen_attention_backward``)."""
+    return varlen_attention_backward(
+        dout, qkv, out, stats, num_heads, cu_seqlens, max_seqlen, dropout_p, scale, _seed_value(seed)
+    )
+
+
+@varlen_attention_bwd_op.register_fake
+def _(dout, qkv, out, stats, num_heads, cu_seqlens, max_seqlen, dropout_p, scale, seed):
+    return torch.empty_like(qkv, memory_format=torch.contiguous_format)
+
+
+_connect_backward(varlen_attention_fwd_op, varlen_attention_bwd_op)
+
+
+@dispatch.register("varlen_attention", "triton")
+def triton_varlen_attention(
+    qkv: torch.Tensor, num_heads: int, cu_seqlens: torch.Tensor, max_seqlen: int, *,
+    dropout_p: float = 0.0, scale: float | None = None, indices: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Packed Triton attention straight on ``(tokens, 3*hidden)``; same contract as
+    ``fastbert.ops.attention.varlen_attention_reference``. ``indices`` are not needed
+    (no padding happens) and ignored. Differentiable with respect to ``qkv``.
+    """
+    if qkv.stride(-1) != 1:
+        qkv = qkv.contiguous()
+    cu_seqlens = cu_seqlens.to(torch.int32)  # no-op for the usual int32 offsets
+    check_varlen_inputs(qkv, num_heads, cu_seqlens, max_seqlen, dropout_p)
+    if scale is None:
+        scale = 1.0 / math.sqrt(qkv.shape[-1] // (3 * num_heads))
+    seed = _draw_seed(dropout_p)
+    out, _ = varlen_attention_fwd_op(qkv, num_heads, cu_seqlens, max_seqlen, float(dropout_p), float(scale), seed)
     return out

@@ -29,6 +29,7 @@ _IMPLEMENTATIONS: dict[str, dict[str, Callable]] = {}
 # op -> module that registers its Triton implementation when imported
 TRITON_MODULES = {
     "attention": "fastbert.ops.attention_triton",
+    "varlen_attention": "fastbert.ops.attention_triton",
     "add_layernorm": "fastbert.ops.layernorm_triton",
     "linear": "fastbert.ops.linear_triton",
     "embeddings": "fastbert.ops.embeddings_triton",

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
 import transformers
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastbert
 from fastbert.ops import record_dispatch
+from fastbert import FastBertConfig, FastBertEncoder
 from tests.helpers import build, pad_id, padded_batch, rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -49,7 +53,8 @@ def test_family_matches_hf_fp32(family, unpad, triton_backend):
         with record_dispatch() as log:
             out = fast(input_ids=ids, attention_mask=mask).last_hidden_state
     backends = {op: b for op, b in log}
-    assert all(backends[op] == "triton" for op in ("attention", "linear", "add_layernorm", "embeddings"))
+    attention_op = "varlen_attention" if unpad else "attention"
+    assert all(backends[op] == "triton" for op in (attention_op, "linear", "add_layernorm", "embeddings"))
     assert rel_err(out, ref, mask) < 1e-5
 
 
@@ -91,3 +96,52 @@ def test_at_most_seven_launches_per_layer_in_inference(triton_backend):
     per_layer = len(log) / config.num_hidden_layers
     assert all(b == "triton" for _, b in log)
     assert per_layer <= 7, log
+
+
+class _CountAtenOps(TorchDispatchMode):
+    """Counts the aten ops that run inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_packed_encoder_attends_natively_without_pad_or_gather(monkeypatch):
+    """The packed path on Triton: one unpad before the layers and one pad after, none around
+    attention (``varlen_attention`` reads and writes the packed tokens), and the same forward
+    and gradients as the reference backend."""
+    config = FastBertConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                            vocab_size=50, max_position_embeddings=64)  # fmt: skip
+    torch.manual_seed(0)
+    encoder = FastBertEncoder(config).to(DEVICE).eval()
+    encoder.unpad = True
+    lengths = [11, 4, 1, 7]  # every first token real: the encoder unpads only then
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(len(lengths), max(lengths), 48, generator=gen).to(DEVICE)
+    mask = (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long().to(DEVICE)
+    probe = torch.randn(x.shape, generator=gen).to(DEVICE) * mask[..., None]
+    results = {}
+    for backend in ("triton", "torch"):
+        monkeypatch.setenv("FASTBERT_BACKEND", backend)
+        encoder.zero_grad()
+        xx = x.clone().requires_grad_()
+        with record_dispatch() as log, _CountAtenOps() as aten:
+            out = encoder(xx, attention_mask=mask).last_hidden_state
+        (out * probe).sum().backward()
+        results[backend] = (out, xx.grad, [p.grad.clone() for p in encoder.parameters()], log, aten.counts)
+    out, grad_x, grads, log, aten = results["triton"]
+    ops = collections.Counter(op for op, _ in log)
+    assert ops["varlen_attention"] == 2 and ops["attention"] == 0
+    assert ops["gather_rows"] == 1 and ops["scatter_rows"] == 1  # the encoder's unpad and pad, nothing per layer
+    assert all(b == "triton" for op, b in log if op not in ("gather_rows", "scatter_rows"))
+    assert aten["index_select"] == 1 and aten["index_copy"] == 1
+    ref_out, ref_grad_x, ref_grads, _, ref_aten = results["torch"]
+    assert ref_aten["index_copy"] > 1  # the reference pads around attention: the count above can fail
+    assert rel_err(out, ref_out, mask) < 1e-5 and torch.count_nonzero(out[~mask.bool()]) == 0
+    assert rel_err(grad_x, ref_grad_x, mask) < 1e-5
+    for g, r in zip(grads, ref_grads):
+        assert rel_err(g, r) < 1e-5
