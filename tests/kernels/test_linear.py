@@ -229,23 +229,3 @@ def test_gpu_bert_shapes(k, n, activation, dtype):
     assert rel_err(out, ref_out) < 1e-2
     for name in g:
         assert rel_err(g[name], ref_g[name]) < 1e-2, name
-
-
-def test_crossover_benchmark_writes_a_loadable_table(tmp_path, monkeypatch):
-    """benchmarks/linear_crossover.py --write-table rewrites only the marked block, per arch."""
-    import importlib.util
-    import pathlib
-
-    root = pathlib.Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location("linear_crossover", root / "benchmarks" / "linear_crossover.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    target = tmp_path / "linear_table.py"
-    target.write_text(pathlib.Path(linear_table.__file__).read_text())
-    monkeypatch.setattr(bench, "TABLE_FILE", str(target))
-    entry = dict(dtype="bf16", m=1024, n=768, k=3072, activation="none", choice="cublas", triton_us=9.5, cublas_us=8.0)
-    bench.write_table(90, [entry])
-    namespace: dict = {}
-    exec(compile(target.read_text(), str(target), "exec"), namespace)
-    assert namespace["TABLE"] == {90: [entry]}
-    assert namespace["choose"](90, 700, 768, 3072, "bf16", None) == "cublas"

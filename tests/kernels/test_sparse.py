@@ -8,8 +8,6 @@ matmul of the masked weight (``BlockSparseWeight.to_dense()``).
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
 
 import pytest
 import torch
@@ -324,24 +322,6 @@ def test_table_lookup_rule():
     assert choose(16384, 0.8, dtype="bf16") == "dense" and choose(16384, 0.8, kind="2:4") == "dense"
     with pytest.raises(ValueError, match="kind"):
         sparse_table.choose(90, 1, 1, 1, "fp16", 32, 0.5, kind="csr")
-
-
-def test_crossover_benchmark_writes_a_loadable_table(tmp_path, monkeypatch):
-    root = pathlib.Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location("sparse_crossover", root / "benchmarks" / "sparse_crossover.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    target = tmp_path / "sparse_table.py"
-    target.write_text(pathlib.Path(sparse_table.__file__).read_text())
-    monkeypatch.setattr(bench, "TABLE_FILE", str(target))
-    entry = dict(kind="block", dtype="bf16", m=8192, n=768, k=3072, block=64, sparsity=0.9, sparse_us=5.0,
-                 dense_us=9.0, sparse_wins=True)  # fmt: skip
-    bench.write_table(90, [entry])
-    namespace: dict = {}
-    exec(compile(target.read_text(), str(target), "exec"), namespace)
-    assert namespace["TABLE"] == {90: [entry]}
-    assert namespace["choose"](90, 8192, 768, 3072, "bf16", 64, 0.9) == "block"
-    assert bench.main(["--list", "--shapes", "ffn.in", "--dtypes", "fp16", "--tokens", "4096"]) == 0
 
 
 # --- 2:4 semi-structured ----------------------------------------------------------------
