@@ -1,11 +1,39 @@
-"""The ``fastbert`` command line: ``fastbert check``, ``bench``, ``profile``, ``compile-check``, ..."""
+"""The ``fastbert`` command line: ``fastbert check``, ``prune``, ``bench``, ``profile``, ``compile-check``.
+
+This module parses; each subcommand's work lives in its library module and runs only when
+that subcommand is chosen (``fastbert --help`` imports none of them):
+
+==============  =====================================================
+check           :func:`fastbert.check.run_check_command`
+prune           :func:`fastbert.prune.command.run_prune_command`
+bench           :func:`fastbert.bench.command.run_bench_command`
+profile         :func:`fastbert.bench.command.run_profile_command`
+compile-check   :func:`fastbert.kernels.compile_check.main` (its own parser)
+==============  =====================================================
+
+Exit codes: 0 success, 1 a failed run (one line on stderr), 2 a bad argument (one line),
+130 interrupted. ``FASTBERT_DEBUG=1`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import os
 import sys
+
+from fastbert.configs import ARCH_NAMES
+
+ARCHS_HELP = ", ".join(ARCH_NAMES)
+
+
+def _runs(module: str, function: str):
+    """A subcommand's ``func``: imports ``module`` and calls ``function(args)`` when the subcommand runs."""
+
+    def run(args) -> int:
+        return getattr(importlib.import_module(module), function)(args)
+
+    return run
 
 
 def _add_check(sub) -> None:
@@ -13,32 +41,38 @@ def _add_check(sub) -> None:
         "check",
         help="compare fastbert with Hugging Face on a checkpoint, per layer",
         description="Run HF and fastbert side by side on the same inputs and report, per layer and at "
-        "the output, the max absolute and relative error against DESIGN.md's targets. Exit code 0 = pass.",
+        "the output, the max absolute and relative error against the numerics targets of "
+        "docs/ARCHITECTURE.md (float32 < 1e-5, float16/bfloat16 < 1e-2 relative). Exit code 0 = pass.",
     )
     p.add_argument("model_dir", nargs="?", help="local Hugging Face checkpoint directory")
-    p.add_argument("--arch", help="named architecture with random weights instead of a checkpoint "
-                   "(bert-tiny, minilm-l6, bert-base, bert-large, roberta-base, distilbert-base, albert-base, electra-base)")
+    p.add_argument("--arch", help=f"named architecture with random weights instead of a checkpoint ({ARCHS_HELP})")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch", type=int, default=8, help="sentences / rows (default 8)")
     p.add_argument("--seq-len", type=int, default=64, help="max tokens per row (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
-    p.set_defaults(func=_run_check)
+    p.set_defaults(func=_runs("fastbert.check", "run_check_command"))
 
 
-def _run_check(args) -> int:
-    from fastbert.check import format_report, run_check
-    from fastbert.cli_args import output_file
-
-    if (args.model_dir is None) == (args.arch is None):
-        raise ValueError("give a MODEL_DIR or --arch NAME (not both)")
-    json_path = output_file(args.json, "--json") if args.json else None  # before the check runs
-    report = run_check(args.model_dir, args.arch, args.dtype, args.device, args.batch, args.seq_len, args.seed)
-    print(format_report(report))
-    if json_path is not None:
-        json_path.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
-    return 0 if report.passed else 1
+def _add_prune(sub) -> None:
+    p = sub.add_parser(
+        "prune",
+        help="prune a checkpoint's encoder (magnitude; block, 2:4, unstructured, heads, neurons)",
+        description="Load a local Hugging Face checkpoint as the task model its config names (its head is "
+        "kept), switch it to fastbert, prune its encoder projections, print the report and save the pruned "
+        "model and report.",
+    )
+    p.add_argument("model_dir", help="local Hugging Face checkpoint directory")
+    p.add_argument("--sparsity", type=float, required=True, help="fraction to remove, in [0, 1)")
+    p.add_argument("--pattern", default="block", choices=["unstructured", "block", "2:4", "heads", "neurons"])
+    p.add_argument("--scope", default="global", choices=["global", "layer"])
+    p.add_argument("--block-size", type=int, default=32, choices=[16, 32, 64])
+    p.add_argument("--layers", type=int, nargs="+", help="only these layer indices")
+    p.add_argument("--out", help="directory for the pruned model (save_pretrained) and prune_report.json; "
+                   "must be new or empty unless --force")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out, overwriting its files")
+    p.set_defaults(func=_runs("fastbert.prune.command", "run_prune_command"))
 
 
 def _add_bench(sub) -> None:
@@ -51,8 +85,7 @@ def _add_bench(sub) -> None:
         "Defaults: on a GPU bert-base and bert-large, batch 1 8 32 128 256, seq 128 512, fp16 and bf16; "
         "without one a small CPU sweep (bert-tiny, minilm-l6, batch 1 8, seq 32 128, fp32).",
     )
-    p.add_argument("--arch", action="extend", nargs="+", help="named architectures with random weights: "
-                   "bert-tiny, minilm-l6, bert-base, bert-large, roberta-base, distilbert-base, albert-base, electra-base")
+    p.add_argument("--arch", action="extend", nargs="+", help=f"named architectures with random weights: {ARCHS_HELP}")
     p.add_argument("--model-dir", action="extend", nargs="+", help="local Hugging Face checkpoint directories")
     p.add_argument("--batch", type=int, nargs="+", help="batch sizes")
     p.add_argument("--seq-len", type=int, nargs="+", help="sequence lengths (padded length of every batch)")
@@ -73,13 +106,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output directory (default ./fastbert-out/bench-<timestamp>)")
     p.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
-    p.set_defaults(func=_run_bench)
-
-
-def _run_bench(args) -> int:
-    from fastbert.bench.command import run_bench_command
-
-    return run_bench_command(args)
+    p.set_defaults(func=_runs("fastbert.bench.command", "run_bench_command"))
 
 
 def _add_profile(sub) -> None:
@@ -105,13 +132,7 @@ def _add_profile(sub) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output directory (default ./fastbert-out/profile-<timestamp>)")
-    p.set_defaults(func=_run_profile)
-
-
-def _run_profile(args) -> int:
-    from fastbert.bench.profile_command import run_profile_command
-
-    return run_profile_command(args)
+    p.set_defaults(func=_runs("fastbert.bench.command", "run_profile_command"))
 
 
 def _add_compile_check(sub) -> None:
@@ -141,8 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastbert {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_check(sub)
-    from fastbert.prune.cli import add_parser as _add_prune
-
     _add_prune(sub)
     _add_bench(sub)
     _add_profile(sub)

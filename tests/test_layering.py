@@ -10,7 +10,7 @@ docs/ARCHITECTURE.md)::
     models   fastbert.models
     api      fastbert (the package), fastbert.optimize, fastbert.prune
     tools    fastbert.configs, fastbert.cli_args, fastbert.numerics, fastbert.check,
-             fastbert.bench, fastbert.prune.cli
+             fastbert.bench, fastbert.prune.command
     cli      fastbert.cli
 
 Every import counts, at module level or inside a function (those run later, but a circle
@@ -43,7 +43,7 @@ PLACES = {
     "fastbert.numerics": "tools",
     "fastbert.check": "tools",
     "fastbert.bench": "tools",
-    "fastbert.prune.cli": "tools",  # the ``fastbert prune`` command, beside the algorithm it runs
+    "fastbert.prune.command": "tools",  # the ``fastbert prune`` command, beside the algorithm it runs
     "fastbert.cli": "cli",
 }
 """Module (or package, covering its submodules) -> layer; the longest matching name wins."""
@@ -207,7 +207,7 @@ def test_checker_resolves_submodules_relative_imports_and_literal_imports(tmp_pa
 
 
 @pytest.mark.parametrize(("module", "layer"), [
-    ("fastbert", "api"), ("fastbert.prune", "api"), ("fastbert.prune.masks", "api"), ("fastbert.prune.cli", "tools"),
+    ("fastbert", "api"), ("fastbert.prune", "api"), ("fastbert.prune.masks", "api"), ("fastbert.prune.command", "tools"),
     ("fastbert.kernels.linear", "kernels"), ("fastbert.cli", "cli"), ("fastbert.bench.report", "tools"),
     ("fastbert.unknown", None),
 ])  # fmt: skip

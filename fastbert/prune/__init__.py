@@ -11,8 +11,8 @@ gradients and are re-zeroed after every optimizer step.
 One job per module: :mod:`magnitude` (the pruning pass), :mod:`masks` (a keep-mask per
 pattern), :mod:`structured` (removing heads and neurons), :mod:`apply` (masks kept through
 training), :mod:`schedule` (gradual pruning), :mod:`targets` (which matrices),
-:mod:`checks` (argument checks), :mod:`report` (what was pruned), :mod:`cli` (the
-``fastbert prune`` command). This file only re-exports.
+:mod:`checks` (argument checks), :mod:`report` (what was pruned), :mod:`command`
+(the ``fastbert prune`` command). This file only re-exports.
 """
 
 from __future__ import annotations
