@@ -35,11 +35,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, table: str, dtypes, to
     parser.add_argument("--list", action="store_true", help="print what would be measured and exit (no GPU needed)")
 
 
-def cuda_target(script: str) -> tuple[torch.device, int, int] | None:
-    """``(device, architecture family, L2 bytes)`` of the GPU, or None (with a message) without one."""
+def cuda_target(script: str) -> tuple[torch.device, int, int]:
+    """``(device, architecture family, L2 bytes)`` of the GPU; without one, a message and exit code 2."""
     if not torch.cuda.is_available():
         print(f"{script}: needs a CUDA GPU (nothing measured, table unchanged)", file=sys.stderr)
-        return None
+        raise SystemExit(2)
     from fastbert.kernels import launch
 
     device = torch.device("cuda")

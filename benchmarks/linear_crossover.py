@@ -94,10 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, n, act in shapes:
             print(f"{k:>5} -> {n:<5} {act or 'none'}")
         return 0
-    target = cuda_target("linear_crossover")
-    if target is None:
-        return 2
-    device, arch, l2_bytes = target
+    device, arch, l2_bytes = cuda_target("linear_crossover")
     entries, rows = [], []
     for dtype_name in args.dtypes:
         for k, n, act in shapes:

@@ -150,10 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             print(" ".join(f"{k}={v}" for k, v in p.items()))
         print(f"{len(points)} points")
         return 0
-    target = cuda_target("sparse_crossover")
-    if target is None:
-        return 2
-    device, arch, l2_bytes = target
+    device, arch, l2_bytes = cuda_target("sparse_crossover")
     rows, entries, dense_cache = [], [], {}
     for p in points:
         k, n, act, residual = SHAPES[p["shape"]]

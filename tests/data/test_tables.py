@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from fastbert.data import tables
 from fastbert.kernels import linear_table, sparse_table
@@ -78,6 +79,15 @@ def test_crossover_scripts_list_their_sweeps_without_a_gpu(monkeypatch, capsys):
     assert sparse.main(["--list", "--shapes", "ffn.in", "--dtypes", "fp16", "--tokens", "4096", "--write-table"]) == 0
     assert "10 points" in capsys.readouterr().out  # 3 block sizes x 3 sparsities, plus 2:4
     assert linear.rotating(lambda: 0, nbytes=1, l2_bytes=10**9) == [0] * 16
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the scripts' refusal without a GPU")
+def test_crossover_scripts_refuse_to_run_without_a_gpu(monkeypatch, capsys):
+    for name in ("linear_crossover", "sparse_crossover"):
+        with pytest.raises(SystemExit) as exit_info:
+            _script(name, monkeypatch).main(["--write-table"])
+        assert exit_info.value.code == 2 and "needs a CUDA GPU" in capsys.readouterr().err
+    assert json.loads(tables.table_path("linear_crossover").read_text())["table"] == {}  # nothing written
 
 
 def test_unpad_threshold_rule(monkeypatch):

@@ -13,15 +13,9 @@ import torch.nn.functional as F
 
 from fastbert.kernels import compile_check, registry
 from fastbert.kernels.activations import ACTIVATIONS, activation_backward, activation_forward
-from tests.helpers import rel_err
+from tests.helpers import TORCH_ACTIVATIONS, rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-TORCH_ACT = {
-    "gelu": F.gelu,
-    "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -32,7 +26,7 @@ def test_activation_kernels_against_torch(activation, dtype):
     z = z.to(DEVICE, dtype)
     dy = torch.randn(z.shape, generator=gen).to(DEVICE, dtype)
     zd = z.double().requires_grad_()
-    ref = TORCH_ACT[activation](zd)
+    ref = TORCH_ACTIVATIONS[activation](zd)
     ref.backward(dy.double())
     tol = 1e-6 if dtype == torch.float32 else 1e-3
     assert rel_err(activation_forward(z, activation), ref) < tol

@@ -17,17 +17,10 @@ from fastbert.kernels.linear import linear_forward, matmul
 from fastbert.ops import dispatch, linear_triton
 from fastbert.ops.linear import ACTIVATIONS, canonical_activation, linear, linear_reference
 from fastbert.ops.linear_triton import triton_linear
-from tests.helpers import rel_err
+from tests.helpers import TORCH_ACTIVATIONS, rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-TORCH_ACT = {
-    None: lambda z: z,
-    "gelu": F.gelu,
-    "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-}
 
 
 def make_inputs(m, k, n, dtype, seed, bias=True, lead=()):
@@ -51,7 +44,7 @@ def check(inputs, activation, tol, seed=0, fn=None):
     out_shape = inputs["x"].shape[:-1] + (inputs["weight"].shape[0],)
     dy = torch.randn(out_shape, generator=torch.Generator().manual_seed(seed + 1)).to(DEVICE)
     out, g = grads(lambda **kw: fn(**kw, activation=activation), inputs, dy)
-    act = TORCH_ACT[canonical_activation(activation)]
+    act = TORCH_ACTIVATIONS[canonical_activation(activation)]
     dbl = {k: v.double() if v is not None else None for k, v in inputs.items()}
     ref_out, ref_g = grads(lambda x, weight, bias: act(F.linear(x, weight, bias)), dbl, dy.double())
     assert out.shape == out_shape and out.dtype == inputs["x"].dtype and out.is_contiguous()

@@ -17,6 +17,7 @@ from fastbert.kernels import compile_check, registry, sparse_table
 from fastbert.kernels.activations import activation_backward
 from fastbert.kernels.sparse import sparse_forward, sparse_grad_input, sparse_grad_values
 from fastbert.ops import dispatch
+from fastbert.ops.linear import canonical_activation
 from fastbert.ops.sparse_linear import (
     BlockSparseWeight,
     choose_path,
@@ -30,18 +31,10 @@ from fastbert.ops.sparse_linear import (
     to_semi_structured,
 )
 from fastbert.prune.masks import block_mask, two_four_mask, unstructured_mask
-from tests.helpers import rel_err
+from tests.helpers import TORCH_ACTIVATIONS, rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-TORCH_ACT = {
-    None: lambda z: z,
-    "gelu": F.gelu,
-    "gelu_new": lambda z: F.gelu(z, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda z: F.gelu(z, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-}
 
 
 def pruned(n, k, pattern, block, seed, sparsity=0.5):
@@ -82,7 +75,8 @@ def make(m, n, k, dtype, pattern="block", block=32, seed=0, sparsity=0.5, lead=(
 
 
 def dense_ref(x, w, bias=None, activation=None, residual=None):
-    y = TORCH_ACT[activation](F.linear(x.double(), w.double(), None if bias is None else bias.double()))
+    act = TORCH_ACTIVATIONS[canonical_activation(activation)]
+    y = act(F.linear(x.double(), w.double(), None if bias is None else bias.double()))
     return y if residual is None else y + residual.double()
 
 
