@@ -24,7 +24,7 @@ import itertools
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
@@ -59,10 +59,6 @@ class Timing:
     repeats: int
     first_call_s: float  # the first warm-up call: includes compilation / capture / autotuning
     timer: str
-
-    def to_dict(self) -> dict:
-        """JSON-ready form."""
-        return asdict(self)
 
 
 @dataclass

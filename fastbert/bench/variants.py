@@ -115,4 +115,3 @@ VARIANTS: dict[str, Variant] = {
     ]
 }
 BASELINES = tuple(n for n, v in VARIANTS.items() if v.baseline)
-FASTBERT_VARIANTS = tuple(n for n, v in VARIANTS.items() if not v.baseline)
