@@ -1,8 +1,8 @@
 """Block-sparse and 2:4 GEMMs vs dense at BERT-base shapes; writes the sparse dispatch table.
 
     python benchmarks/sparse_crossover.py                  # measure, print, write JSON
-    python benchmarks/sparse_crossover.py --write-table    # also rewrite this GPU's entries
-                                                           # in fastbert/kernels/sparse_table.py
+    python benchmarks/sparse_crossover.py --write-table    # also write this GPU's entries
+                                                           # into fastbert/data/sparse_crossover.json
     python benchmarks/sparse_crossover.py --list           # the sweep only (no GPU needed)
 
 Needs a CUDA GPU. **No GPU has run it yet: the table is empty and no sparse GPU number
@@ -24,26 +24,19 @@ faster than dense by more than ``--margin`` (default 5 %). Each point is checked
 against the dense result first. Results (GPU, versions, date, timings, achieved
 effective TFLOP/s = dense FLOPs / time) go to
 ``benchmarks/results/sparse_crossover_sm<arch>_<date>.json``; ``--write-table``
-replaces this architecture's entries in ``fastbert.kernels.sparse_table.TABLE``.
+replaces this architecture's entries in ``fastbert/data/sparse_crossover.json``, the
+table ``fastbert.kernels.sparse_table`` reads.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
-import pprint
-import re
 import sys
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-TABLE_FILE = os.path.join(ROOT, "fastbert", "kernels", "sparse_table.py")
+from crossover import add_common_arguments, cuda_target, finish, rotating, time_us
+
 HIDDEN, INTER = 768, 3072
 SHAPES = {  # name: (k in, n out, activation, residual)
     "qkv": (HIDDEN, 3 * HIDDEN, None, False),
@@ -71,12 +64,6 @@ def sweep(args) -> list[dict]:
     return points
 
 
-def rotating(make, nbytes: int, l2_bytes: int) -> list:
-    """Enough copies of an input that cycling through them exceeds L2 twice over (2 to 16)."""
-    count = min(16, max(2, -(-2 * l2_bytes // max(nbytes, 1))))
-    return [make() for _ in range(count)]
-
-
 class Inputs:
     """Rotating activations (and residuals) for one (shape, tokens, dtype)."""
 
@@ -98,13 +85,6 @@ def pruned_weight(n, k, dtype, kind, block, sparsity, seed):
     w = torch.randn(n, k, device="cuda", dtype=torch.float32, generator=gen) / k**0.5
     keep = two_four_mask(w.abs()) if kind == "2:4" else block_mask(torch.rand(n, k, device="cuda", generator=gen), sparsity, block)
     return (w * keep).to(dtype)
-
-
-def time_us(fn) -> float:
-    import triton.testing
-
-    fn()  # autotuning / heuristics outside the timing
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
 
 
 def measure_dense(inputs: Inputs, w, b, act) -> dict:
@@ -155,35 +135,13 @@ def measure_point(p: dict, inputs: Inputs, w, b, act, dense_ref) -> float:
     return time_us(run)
 
 
-def write_table(arch: int, entries: list[dict]) -> None:
-    """Replace ``arch``'s entries in sparse_table.py's TABLE block, keeping other architectures."""
-    from fastbert.kernels import sparse_table
-
-    table = {a: list(rows) for a, rows in sparse_table.TABLE.items()}
-    table[arch] = entries
-    with open(TABLE_FILE) as f:
-        source = f.read()
-    body = pprint.pformat(table, width=118, sort_dicts=False)
-    block = f"TABLE: dict[int, list[Entry]] = {body}\n"
-    pattern = re.compile(r"(# BEGIN MEASURED TABLE[^\n]*\n).*?(# END MEASURED TABLE)", re.S)
-    if not pattern.search(source):
-        raise RuntimeError(f"no BEGIN/END MEASURED TABLE markers in {TABLE_FILE}")
-    with open(TABLE_FILE, "w") as f:
-        f.write(pattern.sub(lambda mt: mt.group(1) + block + mt.group(2), source))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
-    parser.add_argument("--tokens", nargs="+", type=int, default=TOKENS)
     parser.add_argument("--sparsities", nargs="+", type=float, default=SPARSITIES)
     parser.add_argument("--blocks", nargs="+", type=int, default=BLOCKS, choices=BLOCKS)
     parser.add_argument("--no-2-4", action="store_true", help="skip the 2:4 semi-structured path")
-    parser.add_argument("--margin", type=float, default=0.05, help="a sparse path must be faster by this fraction to win")
-    parser.add_argument("--json", help="output path (default benchmarks/results/sparse_crossover_sm<arch>_<date>.json)")
-    parser.add_argument("--write-table", action="store_true", help="rewrite this arch's entries in sparse_table.py")
-    parser.add_argument("--list", action="store_true", help="print the sweep and exit")
+    add_common_arguments(parser, "sparse_crossover", DTYPES, TOKENS, margin=0.05, wins="a sparse path")
     args = parser.parse_args(argv)
 
     points = sweep(args)
@@ -192,17 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             print(" ".join(f"{k}={v}" for k, v in p.items()))
         print(f"{len(points)} points")
         return 0
-    if not torch.cuda.is_available():
-        print("sparse_crossover: needs a CUDA GPU (nothing measured, table unchanged)", file=sys.stderr)
-        return 2
-
-    import triton
-
-    from fastbert.kernels import launch
-
-    device = torch.device("cuda")
-    arch = launch.arch(device)
-    l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 * 2**20)
+    device, arch, l2_bytes = cuda_target("sparse_crossover")
     rows, entries, dense_cache = [], [], {}
     for p in points:
         k, n, act, residual = SHAPES[p["shape"]]
@@ -245,21 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{p['dtype']} {p['shape']:<16} m={m:<6} {p['kind']:<5} B={p['block']:<2} s={p['sparsity']:.2f} "
               f"sparse {row['sparse_us']:9.1f} us  dense {row['dense_us']:9.1f} us  x{row['speedup']:.2f}"
               f"{'  WIN' if row['sparse_wins'] else ''}", flush=True)  # fmt: skip
-    date = datetime.date.today().isoformat()
-    out = args.json or os.path.join(ROOT, "benchmarks", "results", f"sparse_crossover_sm{arch}_{date}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    meta = {
-        "gpu": torch.cuda.get_device_name(device), "arch": arch, "date": date, "torch": torch.__version__,
-        "triton": triton.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "margin": args.margin, "timing": "triton.testing.do_bench median, rotating inputs > 2x L2",
-        "dense": "min(cuBLAS addmm + torch epilogue, fastbert.ops.linear)",
-    }  # fmt: skip
-    with open(out, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    print(f"wrote {out}")
-    if args.write_table:
-        write_table(arch, entries)
-        print(f"rewrote the sm_{arch} entries of {TABLE_FILE}")
+    finish("sparse_crossover", args, device, arch, rows, entries,
+           dense="min(cuBLAS addmm + torch epilogue, fastbert.ops.linear)")
     return 0
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastbert.bench.inputs import make_batch
-from fastbert.bench.runners import VARIANTS, load_base_model
+from fastbert.bench.sweep import load_base_model, make_batch
+from fastbert.bench.variants import VARIANTS
 
 _MODELS: dict = {}
 

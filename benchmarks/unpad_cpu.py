@@ -1,11 +1,14 @@
 """Padding-free execution on the CPU: fastbert packed vs fastbert padded vs HF, one process.
 
-    python benchmarks/unpad_cpu.py                # BERT-base, batch 16 x 128, ~50 % padding
-    python benchmarks/unpad_cpu.py --threshold    # also sweep the padding fraction (sets the
-                                                  # "auto" threshold in fastbert/modules/unpad_policy.py)
+    python benchmarks/unpad_cpu.py                              # BERT-base, batch 16 x 128, ~50 % padding
+    python benchmarks/unpad_cpu.py --threshold                  # also sweep the padding fraction near zero
+    python benchmarks/unpad_cpu.py --threshold --write-table    # and write the CPU's "auto" threshold into
+                                                                # fastbert/data/unpad_threshold.json
 
 All variants run on the same inputs, interleaved, after warm-up; the median of
-``--repeats`` wall-clock times (time.perf_counter) is reported with ratios.
+``--repeats`` wall-clock times (time.perf_counter) is reported with ratios. The threshold
+written is the largest measured padding fraction below the first one at which packed
+beats padded by more than ``--margin`` (``fastbert.modules.unpad_policy`` unpads above it).
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import time
 
 import torch
 
 import fastbert
 from fastbert.configs import hf_config
+from fastbert.data.tables import write_table
 
 
 def median_time(fn, repeats: int) -> float:
@@ -71,7 +76,18 @@ def compare(arch: str, batch: int, seq: int, min_len: int, repeats: int, seed: i
     }
 
 
-def main() -> None:
+def threshold(results: list[dict], margin: float) -> float:
+    """The padding fraction above which packed pays: the largest measured fraction below the
+    first one where packed beats padded by more than ``margin`` (0.0 when the lowest does)."""
+    below = 0.0
+    for r in sorted(results, key=lambda r: r["padding_fraction"]):
+        if r["speedup_packed_vs_padded"] > 1.0 + margin:
+            return below
+        below = r["padding_fraction"]
+    return below
+
+
+def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="bert-base")
@@ -79,8 +95,13 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threshold", action="store_true", help="sweep padding fractions near zero")
+    p.add_argument("--margin", type=float, default=0.03, help="packed must be faster by this fraction to pay")
+    p.add_argument("--write-table", action="store_true",
+                   help="write the measured CPU threshold into fastbert/data/unpad_threshold.json (needs --threshold)")
     p.add_argument("--json", help="write results here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.write_table and not args.threshold:
+        p.error("--write-table needs the --threshold sweep")
     results = [compare(args.arch, args.batch, args.seq, 1, args.repeats)]
     if args.threshold:
         for min_len in (args.seq, args.seq - 4, args.seq - 12, args.seq - 24):
@@ -96,7 +117,12 @@ def main() -> None:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"torch": torch.__version__, "results": results}, fh, indent=2)
+    if args.write_table:
+        value = round(threshold(results, args.margin), 4)
+        path = write_table("unpad_threshold", "cpu", value)
+        print(f"wrote the CPU threshold {value} into {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

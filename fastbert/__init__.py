@@ -1,9 +1,13 @@
 """fastbert: BERT-family encoders made fast with Triton kernels, a drop-in for Hugging Face models.
 
 ``fastbert.optimize(model)`` swaps the encoder of a Hugging Face model in place;
-``fastbert.FastBertEncoder(config)`` is the encoder as a plain ``nn.Module``.
+``fastbert.FastBertEncoder(config)`` is the encoder as a plain ``nn.Module`` and
+``fastbert.encoder_from_hf(model)`` one holding an HF model's encoder weights;
+``fastbert.prune(model, sparsity, pattern=...)`` prunes an optimized model's encoder.
+How the package is built: docs/ARCHITECTURE.md.
 """
 
+from fastbert.models import encoder_from_hf
 from fastbert.modules import FastBertConfig, FastBertEmbeddings, FastBertEncoder, FastBertLayer
 from fastbert import prune
 from fastbert.optimize import optimize
@@ -11,5 +15,6 @@ from fastbert.optimize import optimize
 __version__ = "0.1.0"
 
 __all__ = [
-    "FastBertConfig", "FastBertEmbeddings", "FastBertEncoder", "FastBertLayer", "optimize", "prune", "__version__"
+    "FastBertConfig", "FastBertEmbeddings", "FastBertEncoder", "FastBertLayer", "encoder_from_hf", "optimize", "prune",
+    "__version__",
 ]

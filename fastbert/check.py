@@ -1,21 +1,25 @@
-"""Numerics check: Hugging Face and fastbert side by side on the same inputs, per layer.
+"""``fastbert check``: Hugging Face and fastbert side by side on the same inputs, per layer.
 
-The reference is the HF model itself, run in float64 on the CPU (float32 on a GPU);
-fastbert runs in the requested dtype. Errors are measured on real (non-padded) tokens
-in float64: ``rel = ||out - ref|| / ||ref||`` and the max absolute difference. Targets
-(DESIGN.md): float32 < 1e-5 relative, float16/bfloat16 < 1e-2; NaN never passes.
+:func:`run_check` is the library function (a :class:`CheckReport`), :func:`format_report`
+its terminal table and :func:`run_check_command` the command. How outputs are compared
+(reference dtype, error measure, targets): :mod:`fastbert.numerics`.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import asdict, dataclass, field
+
 import torch
 
+import fastbert
+from fastbert.cli_args import load_checkpoint, output_file, resolve_device
+from fastbert.configs import random_hf_model
+from fastbert.data import sentences
+from fastbert.models import max_sequence_length
+from fastbert.numerics import DTYPES, TARGETS, compare, reference_dtype
 from fastbert.ops import dispatch
-
-TARGETS = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -54,35 +58,6 @@ class CheckReport:
         return d
 
 
-def resolve_device(requested: str | None) -> str:
-    """'cuda' when available (or requested), else 'cpu'; ValueError for an unknown device or
-    CUDA without a GPU (or with fewer GPUs than the index asks for)."""
-    if requested is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested not in ("cpu", "cuda") and not (requested.startswith("cuda:") and requested[5:].isdigit()):
-        raise ValueError(f"device must be cpu, cuda or cuda:N, got {requested!r}")
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {requested!r} was given but torch sees no CUDA GPU")
-        index = int(requested[5:] or 0)
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"device {requested!r}: torch sees {torch.cuda.device_count()} GPU(s)")
-    return requested
-
-
-def compare(out: torch.Tensor, ref: torch.Tensor, token_mask: torch.Tensor | None) -> tuple[float, float]:
-    """(max abs, relative norm error) of ``out`` vs ``ref`` over real tokens, in float64."""
-    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
-    if token_mask is not None and out.dim() == 3:
-        keep = token_mask.bool().cpu()
-        out, ref = out[keep], ref[keep]
-    diff = out - ref
-    max_abs = diff.abs().max().item() if diff.numel() else 0.0
-    denom = ref.norm().item()
-    rel = diff.norm().item() / denom if denom > 0 else diff.norm().item()
-    return max_abs, rel
-
-
 def make_inputs(model, model_dir: str | None, batch: int, seq_len: int, seed: int):
     """Tokenized real sentences when ``model_dir`` has a tokenizer, else seeded random ids
     with mixed lengths (one full-length row, others padded). Returns (inputs, description)."""
@@ -94,8 +69,6 @@ def make_inputs(model, model_dir: str | None, batch: int, seq_len: int, seed: in
         except Exception:
             tokenizer = None
         if tokenizer is not None:
-            from fastbert.data import sentences
-
             enc = tokenizer(sentences()[:batch], padding=True, truncation=True, max_length=seq_len, return_tensors="pt")
             return dict(enc), f"{len(enc['input_ids'])} real sentences through the checkpoint's tokenizer"
     cfg = model.config
@@ -121,11 +94,6 @@ def run_check(
     seed: int = 0,
 ) -> CheckReport:
     """Compare fastbert against HF on a local checkpoint (``model_dir``) or a named ``arch``."""
-    import fastbert
-    from fastbert.cli_args import load_checkpoint
-    from fastbert.configs import random_hf_model
-    from fastbert.models import max_sequence_length
-
     if (model_dir is None) == (arch is None):
         raise ValueError("give exactly one of model_dir (a local HF checkpoint) and arch (e.g. 'bert-base')")
     if dtype not in DTYPES:
@@ -145,7 +113,7 @@ def run_check(
         raise ValueError(f"seq_len {seq_len} exceeds the model's position table: at most {limit} tokens")
 
     inputs, description = make_inputs(hf, model_dir, batch, seq_len, seed)
-    ref_dtype = torch.float64 if device == "cpu" else torch.float32
+    ref_dtype = reference_dtype(device)
     reference = copy.deepcopy(hf).to(device=device, dtype=ref_dtype)
     candidate = fastbert.optimize(copy.deepcopy(hf).to(device=device, dtype=torch_dtype))
     inputs = {k: v.to(device) for k, v in inputs.items()}
@@ -192,3 +160,16 @@ def format_report(report: CheckReport) -> str:
     lines.append("")
     lines.append("PASS" if report.passed else "FAIL: fastbert differs from HF beyond the target")
     return "\n".join(lines)
+
+
+def run_check_command(args) -> int:
+    """Run ``fastbert check`` for parsed CLI ``args``: print the report, write ``--json``;
+    exit code 0 when every row passes, 1 otherwise (bad arguments raise ValueError: exit 2)."""
+    if (args.model_dir is None) == (args.arch is None):
+        raise ValueError("give a MODEL_DIR or --arch NAME (not both)")
+    json_path = output_file(args.json, "--json") if args.json else None  # before the check runs
+    report = run_check(args.model_dir, args.arch, args.dtype, args.device, args.batch, args.seq_len, args.seed)
+    print(format_report(report))
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+    return 0 if report.passed else 1

@@ -1,58 +1,73 @@
-"""The ``fastbert`` command line: ``fastbert check``, ``bench``, ``profile``, ``compile-check``, ..."""
+"""The ``fastbert`` command line: ``fastbert check``, ``prune``, ``bench``, ``profile``, ``compile-check``.
+
+This module parses; each subcommand's work lives in its library module and runs only when
+that subcommand is chosen (``fastbert --help`` imports none of them):
+
+==============  =====================================================
+check           :func:`fastbert.check.run_check_command`
+prune           :func:`fastbert.prune.command.run_prune_command`
+bench           :func:`fastbert.bench.command.run_bench_command`
+profile         :func:`fastbert.bench.command.run_profile_command`
+compile-check   :func:`fastbert.kernels.compile_check.main` (its own parser)
+==============  =====================================================
+
+Exit codes: 0 success, 1 a failed run (one line on stderr), 2 a bad argument (one line),
+130 interrupted. ``FASTBERT_DEBUG=1`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import os
 import sys
 
+from fastbert.configs import ARCH_NAMES
 
-def _add_check(sub) -> None:
-    p = sub.add_parser(
-        "check",
-        help="compare fastbert with Hugging Face on a checkpoint, per layer",
-        description="Run HF and fastbert side by side on the same inputs and report, per layer and at "
-        "the output, the max absolute and relative error against DESIGN.md's targets. Exit code 0 = pass.",
-    )
+ARCHS_HELP = ", ".join(ARCH_NAMES)
+
+
+def _subcommand(sub, name: str, runs: str, help_: str, description: str) -> argparse.ArgumentParser:
+    """Add subcommand ``name``, run by ``runs`` (``"module:function"``, imported only when it runs)."""
+    module, function = runs.split(":")
+    p = sub.add_parser(name, help=help_, description=description)
+    p.set_defaults(func=lambda args: getattr(importlib.import_module(module), function)(args))
+    return p
+
+
+def _add_run_options(p: argparse.ArgumentParser, out: str) -> None:
+    """The options bench and profile share: device, CPU threads, seed, output folder."""
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); recorded in the metadata")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help=f"output directory (default ./fastbert-out/{out}-<timestamp>)")
+
+
+def _check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", nargs="?", help="local Hugging Face checkpoint directory")
-    p.add_argument("--arch", help="named architecture with random weights instead of a checkpoint "
-                   "(bert-tiny, minilm-l6, bert-base, bert-large, roberta-base, distilbert-base, albert-base, electra-base)")
+    p.add_argument("--arch", help=f"named architecture with random weights instead of a checkpoint ({ARCHS_HELP})")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch", type=int, default=8, help="sentences / rows (default 8)")
     p.add_argument("--seq-len", type=int, default=64, help="max tokens per row (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
-    p.set_defaults(func=_run_check)
 
 
-def _run_check(args) -> int:
-    from fastbert.check import format_report, run_check
-    from fastbert.cli_args import output_file
-
-    if (args.model_dir is None) == (args.arch is None):
-        raise ValueError("give a MODEL_DIR or --arch NAME (not both)")
-    json_path = output_file(args.json, "--json") if args.json else None  # before the check runs
-    report = run_check(args.model_dir, args.arch, args.dtype, args.device, args.batch, args.seq_len, args.seed)
-    print(format_report(report))
-    if json_path is not None:
-        json_path.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
-    return 0 if report.passed else 1
+def _prune_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", help="local Hugging Face checkpoint directory")
+    p.add_argument("--sparsity", type=float, required=True, help="fraction to remove, in [0, 1)")
+    p.add_argument("--pattern", default="block", choices=["unstructured", "block", "2:4", "heads", "neurons"])
+    p.add_argument("--scope", default="global", choices=["global", "layer"])
+    p.add_argument("--block-size", type=int, default=32, choices=[16, 32, 64])
+    p.add_argument("--layers", type=int, nargs="+", help="only these layer indices")
+    p.add_argument("--out", help="directory for the pruned model (save_pretrained) and prune_report.json; "
+                   "must be new or empty unless --force")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out, overwriting its files")
 
 
-def _add_bench(sub) -> None:
-    p = sub.add_parser(
-        "bench",
-        help="time HF eager / HF SDPA / torch.compile / fastbert (/ CUDA graphs) over a sweep of shapes",
-        description="Sweep models x batch sizes x sequence lengths x dtypes (plus variable-length batches) and time, "
-        "in one process on the same inputs, HF eager, HF SDPA, torch.compile of HF SDPA, fastbert and, on a GPU, "
-        "fastbert in a CUDA graph. Prints a table; writes bench.json, bench.csv and PNG plots to --out. "
-        "Defaults: on a GPU bert-base and bert-large, batch 1 8 32 128 256, seq 128 512, fp16 and bf16; "
-        "without one a small CPU sweep (bert-tiny, minilm-l6, batch 1 8, seq 32 128, fp32).",
-    )
-    p.add_argument("--arch", action="extend", nargs="+", help="named architectures with random weights: "
-                   "bert-tiny, minilm-l6, bert-base, bert-large, roberta-base, distilbert-base, albert-base, electra-base")
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", action="extend", nargs="+", help=f"named architectures with random weights: {ARCHS_HELP}")
     p.add_argument("--model-dir", action="extend", nargs="+", help="local Hugging Face checkpoint directories")
     p.add_argument("--batch", type=int, nargs="+", help="batch sizes")
     p.add_argument("--seq-len", type=int, nargs="+", help="sequence lengths (padded length of every batch)")
@@ -62,56 +77,29 @@ def _add_bench(sub) -> None:
     p.add_argument("--compile", action="store_true", help="include torch.compile on the CPU (skipped there by default)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile everywhere")
     p.add_argument("--quick", action="store_true", help="smaller default sweep (GPU: bert-base, batch 1 32 128)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--warmup", type=int, help="warm-up calls per variant and configuration (default GPU 5, CPU 1)")
     p.add_argument("--repeats", type=int, help="most timed calls per variant and configuration (default GPU 30, CPU 10)")
     p.add_argument("--max-time-per-variant", type=float, metavar="SECONDS",
                    help="fewer repeats (never under 3) when they would take longer than this (default GPU 1.0, CPU 0.5)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="start no configuration after this many seconds; the rest are recorded as skipped")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); recorded in the metadata")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="output directory (default ./fastbert-out/bench-<timestamp>)")
     p.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
-    p.set_defaults(func=_run_bench)
+    _add_run_options(p, "bench")
 
 
-def _run_bench(args) -> int:
-    from fastbert.bench.command import run_bench_command
-
-    return run_bench_command(args)
-
-
-def _add_profile(sub) -> None:
-    p = sub.add_parser(
-        "profile",
-        help="profile one configuration with torch.profiler: trace, per-kernel table, roofline",
-        description="Run one configuration under torch.profiler; write a Chrome trace, print a per-kernel/op table "
-        "(self time, share, launches) and a per-class summary (matmul, attention, layernorm, ...) with achieved "
-        "TFLOP/s and GB/s from counted FLOPs and bytes against the device's peak, and write a roofline PNG.",
-    )
+def _profile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default=None, help="named architecture (default: bert-base on a GPU, bert-tiny on the CPU)")
     p.add_argument("--model-dir", help="local Hugging Face checkpoint directory instead of --arch")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: GPU 32, CPU 4)")
     p.add_argument("--seq-len", type=int, default=None, help="sequence length (default: GPU 128, CPU 64)")
     p.add_argument("--dtype", default=None, help="fp32 fp16 bf16 (default: fp16 on a GPU, fp32 on the CPU)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--compare", choices=["hf"], help="also profile the HF SDPA model and compare")
     p.add_argument("--steps", type=int, default=3, help="profiled forwards (after warm-up; default 3)")
     p.add_argument("--warmup", type=int, default=2, help="warm-up forwards before profiling (default 2)")
     p.add_argument("--top", type=int, default=25, help="rows of the per-kernel table (default 25)")
     p.add_argument("--peak-tflops", type=float, help="peak matmul TFLOP/s to compare against (overrides the table)")
     p.add_argument("--peak-gbps", type=float, help="peak memory bandwidth GB/s to compare against")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="output directory (default ./fastbert-out/profile-<timestamp>)")
-    p.set_defaults(func=_run_profile)
-
-
-def _run_profile(args) -> int:
-    from fastbert.bench.profile_command import run_profile_command
-
-    return run_profile_command(args)
+    _add_run_options(p, "profile")
 
 
 def _add_compile_check(sub) -> None:
@@ -131,6 +119,40 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+_SUBCOMMANDS = (  # name, what runs it ("module:function"), its arguments, help, description
+    (
+        "check", "fastbert.check:run_check_command", _check_arguments,
+        "compare fastbert with Hugging Face on a checkpoint, per layer",
+        "Run HF and fastbert side by side on the same inputs and report, per layer and at "
+        "the output, the max absolute and relative error against the numerics targets of "
+        "docs/ARCHITECTURE.md (float32 < 1e-5, float16/bfloat16 < 1e-2 relative). Exit code 0 = pass.",
+    ),
+    (
+        "prune", "fastbert.prune.command:run_prune_command", _prune_arguments,
+        "prune a checkpoint's encoder (magnitude; block, 2:4, unstructured, heads, neurons)",
+        "Load a local Hugging Face checkpoint as the task model its config names (its head is "
+        "kept), switch it to fastbert, prune its encoder projections, print the report and save the pruned "
+        "model and report.",
+    ),
+    (
+        "bench", "fastbert.bench.command:run_bench_command", _bench_arguments,
+        "time HF eager / HF SDPA / torch.compile / fastbert (/ CUDA graphs) over a sweep of shapes",
+        "Sweep models x batch sizes x sequence lengths x dtypes (plus variable-length batches) and time, "
+        "in one process on the same inputs, HF eager, HF SDPA, torch.compile of HF SDPA, fastbert and, on a GPU, "
+        "fastbert in a CUDA graph. Prints a table; writes bench.json, bench.csv and PNG plots to --out. "
+        "Defaults: on a GPU bert-base and bert-large, batch 1 8 32 128 256, seq 128 512, fp16 and bf16; "
+        "without one a small CPU sweep (bert-tiny, minilm-l6, batch 1 8, seq 32 128, fp32).",
+    ),
+    (
+        "profile", "fastbert.bench.command:run_profile_command", _profile_arguments,
+        "profile one configuration with torch.profiler: trace, per-kernel table, roofline",
+        "Run one configuration under torch.profiler; write a Chrome trace, print a per-kernel/op table "
+        "(self time, share, launches) and a per-class summary (matmul, attention, layernorm, ...) with achieved "
+        "TFLOP/s and GB/s from counted FLOPs and bytes against the device's peak, and write a roofline PNG.",
+    ),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     from fastbert import __version__
@@ -140,12 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fastbert {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_check(sub)
-    from fastbert.prune.cli import add_parser as _add_prune
-
-    _add_prune(sub)
-    _add_bench(sub)
-    _add_profile(sub)
+    for name, runs, add_arguments, help_, description in _SUBCOMMANDS:
+        add_arguments(_subcommand(sub, name, runs, help_, description))
     if _compile_check_available():
         _add_compile_check(sub)
     return parser

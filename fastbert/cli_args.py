@@ -1,4 +1,5 @@
-"""Checks of command-line arguments shared by the ``fastbert`` subcommands.
+"""Checks of command-line arguments shared by the ``fastbert`` subcommands, and the loading
+of the checkpoints they name.
 
 Each raises ``ValueError`` with a one-line message naming the argument, before any work
 starts; the command line turns that into exit code 2.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+
+import torch
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
@@ -63,6 +66,22 @@ def positive_ints(values, flag: str) -> None:
     for v in [values] if isinstance(values, int) else values or ():
         if v < 1:
             raise ValueError(f"{flag} must be positive, got {v}")
+
+
+def resolve_device(requested: str | None) -> str:
+    """'cuda' when available (or requested), else 'cpu'; ValueError for an unknown device or
+    CUDA without a GPU (or with fewer GPUs than the index asks for)."""
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested not in ("cpu", "cuda") and not (requested.startswith("cuda:") and requested[5:].isdigit()):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {requested!r}")
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {requested!r} was given but torch sees no CUDA GPU")
+        index = int(requested[5:] or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {requested!r}: torch sees {torch.cuda.device_count()} GPU(s)")
+    return requested
 
 
 def checkpoint_config(path: str, flag: str):

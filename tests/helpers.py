@@ -1,10 +1,20 @@
-"""Shared test helpers: error measures and small random HF models of every family."""
+"""Shared test helpers: error measures, the activations' oracle, small random HF models of every family."""
 
 from __future__ import annotations
 
 import copy
 
 import torch
+import torch.nn.functional as F
+
+TORCH_ACTIVATIONS = {
+    None: lambda z: z,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+"""Canonical activation name (``fastbert.ops.linear.canonical_activation``) -> the PyTorch function."""
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor, token_mask: torch.Tensor | None = None) -> float:

@@ -165,12 +165,12 @@ def test_a_failed_save_exits_1(paths, tmp_path, monkeypatch, capsys):
 def test_bench_with_a_failing_variant_exits_1(tmp_path, monkeypatch, capsys):
     import dataclasses
 
-    from fastbert.bench import runners
+    from fastbert.bench import variants
 
     def broken(base, dtype, device):
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setitem(runners.VARIANTS, "fastbert", dataclasses.replace(runners.VARIANTS["fastbert"], build=broken))
+    monkeypatch.setitem(variants.VARIANTS, "fastbert", dataclasses.replace(variants.VARIANTS["fastbert"], build=broken))
     code = main(["bench", "--arch", "bert-tiny", "--batch", "1", "--seq-len", "8", "--no-varlen", "--repeats", "1",
                  "--variants", "hf_sdpa", "fastbert", "--device", "cpu", "--no-plots", "--out", str(tmp_path)])
     captured = capsys.readouterr()

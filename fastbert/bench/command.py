@@ -1,24 +1,34 @@
-"""``fastbert bench``: resolve the sweep and the variants, run, print, write JSON/CSV/PNG."""
+"""``fastbert bench`` and ``fastbert profile``: from parsed arguments to a run, its output and
+its exit code.
+
+Each command first resolves its arguments into what to run (:func:`bench_plan`,
+:func:`profile_plan`): the device's defaults where an option was not given, and every
+argument checked (ValueError, exit code 2) before any model is loaded. Then it runs
+(:func:`fastbert.bench.measure.run_sweep`, :func:`fastbert.bench.profile.profile_model`)
+and reports (:mod:`fastbert.bench.report`, :mod:`fastbert.bench.profile`). A future
+``bench --train`` or ``bench --model PATH --texts FILE`` is resolved here into the plan.
+"""
 
 from __future__ import annotations
 
 import datetime
+import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from fastbert.bench import metadata, plots, report, sweep
-from fastbert.bench.measure import BenchOptions
-from fastbert.bench.run import run_sweep
-from fastbert.bench.runners import BASELINES, VARIANTS, model_config
-from fastbert.check import resolve_device
-from fastbert.cli_args import checkpoint_dir, output_dir
-from fastbert.models import max_sequence_length
+from fastbert.bench import measure, profile, report, sweep
+from fastbert.bench.variants import BASELINES, VARIANTS
+from fastbert.cli_args import checkpoint_dir, output_dir, positive_ints, resolve_device
+from fastbert.numerics import DTYPES, canonical_dtype
 
-# Per-device measurement defaults: (warm-up calls, max timed calls, seconds per variant).
+# Per-device defaults. bench: (warm-up calls, max timed calls, seconds per variant);
+# profile: (arch, batch, seq_len, dtype).
 MEASURE_DEFAULTS = {"cuda": (5, 30, 1.0), "cpu": (1, 10, 0.5)}
+PROFILE_DEFAULTS = {"cuda": ("bert-base", 32, 128, "float16"), "cpu": ("bert-tiny", 4, 64, "float32")}
 
 
 def default_out_dir(kind: str) -> Path:
@@ -33,6 +43,27 @@ def apply_threads(threads: int | None) -> None:
     if threads < 1:
         raise ValueError(f"--threads must be positive, got {threads}")
     torch.set_num_threads(threads)
+
+
+def _device_type(device: str) -> str:
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
+# ---------------------------------------------------------------------------
+# fastbert bench
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class BenchPlan:
+    """What ``fastbert bench`` runs, resolved from its arguments."""
+
+    device: str
+    variants: list[str]
+    notes: list[str]
+    configs: list[sweep.BenchConfig]
+    options: measure.BenchOptions
+    out_dir: Path
 
 
 def choose_variants(device: str, requested: list[str] | None, compile_on_cpu: bool, no_compile: bool) -> tuple[list[str], list[str]]:
@@ -55,16 +86,16 @@ def choose_variants(device: str, requested: list[str] | None, compile_on_cpu: bo
     return names, notes
 
 
-def measure_options(args, device: str, variants: list[str]) -> BenchOptions:
+def measure_options(args, device: str, variants: list[str]) -> measure.BenchOptions:
     """BenchOptions from the CLI arguments, with this device's defaults where none was given."""
-    warmup, repeats, max_s = MEASURE_DEFAULTS["cuda" if device.startswith("cuda") else "cpu"]
+    warmup, repeats, max_s = MEASURE_DEFAULTS[_device_type(device)]
     if (args.repeats is not None and args.repeats < 1) or (args.warmup is not None and args.warmup < 0):
         raise ValueError("--repeats must be at least 1 and --warmup at least 0")
     if args.max_time_per_variant is not None and not args.max_time_per_variant > 0:
         raise ValueError("--max-time-per-variant must be positive")
     if args.time_budget is not None and not args.time_budget > 0:
         raise ValueError(f"--time-budget must be a positive number of seconds, got {args.time_budget}")
-    return BenchOptions(
+    return measure.BenchOptions(
         device=device, variants=variants, warmup=args.warmup if args.warmup is not None else warmup,
         repeats=args.repeats if args.repeats is not None else repeats,
         max_seconds_per_variant=args.max_time_per_variant if args.max_time_per_variant is not None else max_s,
@@ -72,61 +103,43 @@ def measure_options(args, device: str, variants: list[str]) -> BenchOptions:
     )
 
 
-def run_bench_command(args) -> int:
-    """Run ``fastbert bench`` for parsed CLI ``args``; returns the exit code."""
-    wall_start = time.perf_counter()
+def bench_plan(args) -> BenchPlan:
+    """Resolve ``fastbert bench``'s arguments; ValueError (exit 2) for any bad one, before any work."""
     device = resolve_device(args.device)
     apply_threads(args.threads)
-    dev_type = "cuda" if device.startswith("cuda") else "cpu"
+    dev_type = _device_type(device)
     variants, notes = choose_variants(device, args.variants, args.compile, args.no_compile)
-    chosen = sweep.defaults(dev_type, args.quick)
-    models = list(dict.fromkeys((args.arch or []) + (args.model_dir or []))) or chosen["models"]
-    for d in args.model_dir or []:
-        checkpoint_dir(d, "--model-dir")
-    seq_lens = args.seq_len or chosen["seq_lens"]
-    configs = sweep.build_sweep(models, args.batch or chosen["batches"], seq_lens,
-                                args.dtype or chosen["dtypes"], varlen=not args.no_varlen)
-    for model in models:  # every model is known and takes every length before anything runs
-        check_seq_len(model, max(seq_lens))
-    opts = measure_options(args, device, variants)
+    configs = sweep.resolve_sweep(dev_type, args.quick, args.arch, args.model_dir, args.batch, args.seq_len, args.dtype,
+                                  varlen=not args.no_varlen)
+    options = measure_options(args, device, variants)
     out_dir = output_dir(args.out or str(default_out_dir("bench")), "--out")
     if dev_type == "cpu":
         notes.insert(0, "measured on the CPU (no GPU used): these are CPU numbers, not GPU results")
     notes.append("peak memory: " + ("model weights + CUDA allocator peak growth during the variant's build and warm-up forwards"
                                     if dev_type == "cuda" else "not measured on the CPU (null)"))
-    for note in notes:
+    return BenchPlan(device, variants, notes, configs, options, out_dir)
+
+
+def run_bench_command(args) -> int:
+    """Run ``fastbert bench`` for parsed CLI ``args``; returns the exit code."""
+    wall_start = time.perf_counter()
+    plan = bench_plan(args)
+    for note in plan.notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"fastbert bench: {len(configs)} configurations x {len(variants)} variants on {device}", file=sys.stderr)
-    meta = metadata.collect(device)
+    print(f"fastbert bench: {len(plan.configs)} configurations x {len(plan.variants)} variants on {plan.device}",
+          file=sys.stderr)
+    opts = plan.options
     settings = {
-        "device": device, "variants": variants, "baselines": [v for v in variants if v in BASELINES],
+        "device": plan.device, "variants": plan.variants, "baselines": [v for v in plan.variants if v in BASELINES],
         "warmup": opts.warmup, "repeats": opts.repeats, "max_seconds_per_variant": opts.max_seconds_per_variant,
-        "time_budget_s": opts.time_budget_s, "seed": opts.seed, "quick": args.quick, "notes": notes,
+        "time_budget_s": opts.time_budget_s, "seed": opts.seed, "quick": args.quick, "notes": plan.notes,
         "arguments": {k: v for k, v in vars(args).items() if k != "func"},
     }
-
-    def save(entries: list[dict], complete: bool) -> dict:
-        doc = report.document(meta, settings, entries, time.perf_counter() - wall_start, complete)
-        report.write_json(doc, out_dir / "bench.json")
-        report.write_csv(entries, out_dir / "bench.csv")
-        return doc
-
+    record = report.BenchRecord(plan.device, settings, plan.out_dir, started=wall_start)
     # Partial results are saved after every configuration, so a run stopped by a time limit keeps them.
-    opts.on_entry = lambda entries: save(entries, complete=False)
-    entries = run_sweep(configs, opts)
-    print(report.format_table(entries, variants))
-    written = None if args.no_plots else plots.write_plots(report.document(meta, settings, entries, 0.0, True), out_dir)
-    doc = save(entries, complete=True)
-    _print_footer(doc, out_dir, written, args.no_plots)
-    return _exit_code(doc)
-
-
-def check_seq_len(model: str, seq_len: int) -> None:
-    """ValueError unless ``model`` (a named arch or a checkpoint folder) is one fastbert runs
-    and its position table numbers ``seq_len`` tokens."""
-    limit = max_sequence_length(model_config(model))
-    if seq_len > limit:
-        raise ValueError(f"--seq-len {seq_len} exceeds {model}'s position table: at most {limit} tokens")
+    opts.on_entry = record.save
+    entries = measure.run_sweep(plan.configs, opts)
+    return _exit_code(record.finish(entries, plots=not args.no_plots))
 
 
 def _exit_code(doc: dict) -> int:
@@ -140,17 +153,86 @@ def _exit_code(doc: dict) -> int:
     return 0
 
 
-def _print_footer(doc: dict, out_dir: Path, written, no_plots: bool) -> None:
-    statuses = [r["status"] for e in doc["results"] for r in e["variants"].values()]
-    failed = {s: statuses.count(s) for s in ("oom", "error", "skipped") if s in statuses}
-    for note in doc["settings"]["notes"]:
-        print(f"note: {note}")
-    if doc["results"]:
-        print(f"rel err: against {doc['results'][0]['reference']}, on real (non-padded) tokens, last hidden state")
-    if failed:
-        print("not measured: " + ", ".join(f"{n} {s}" for s, n in failed.items()) + " (see bench.json for messages)")
-    plots_line = ("plots: skipped (--no-plots)" if no_plots else
-                  "plots: skipped (matplotlib is not installed)" if written is None else
-                  f"plots: {', '.join(p.name for p in written)}")
-    print(plots_line)
-    print(f"wrote {out_dir / 'bench.json'} and {out_dir / 'bench.csv'}; wall time {doc['wall_time_s']:.1f} s")
+# ---------------------------------------------------------------------------
+# fastbert profile
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class ProfilePlan:
+    """What ``fastbert profile`` runs, resolved from its arguments."""
+
+    device: str
+    model: str
+    batch: int
+    seq_len: int
+    dtype: str
+    variants: list[str]
+    out_dir: Path
+
+
+def profile_plan(args) -> ProfilePlan:
+    """Resolve ``fastbert profile``'s arguments; ValueError (exit 2) for any bad one, before any work."""
+    device = resolve_device(args.device)
+    apply_threads(args.threads)
+    arch, batch, seq_len, dtype = PROFILE_DEFAULTS[_device_type(device)]
+    if args.model_dir and args.arch:
+        raise ValueError("give --arch or --model-dir, not both")
+    if args.model_dir:
+        checkpoint_dir(args.model_dir, "--model-dir")
+    model = args.model_dir or args.arch or arch
+    batch = batch if args.batch is None else args.batch
+    seq_len = seq_len if args.seq_len is None else args.seq_len
+    dtype = canonical_dtype(args.dtype) if args.dtype else dtype
+    positive_ints(batch, "--batch")
+    positive_ints(seq_len, "--seq-len")
+    positive_ints(args.steps, "--steps")
+    if args.warmup < 0 or args.top < 1:
+        raise ValueError(f"--warmup must be at least 0 and --top positive, got {args.warmup} and {args.top}")
+    sweep.check_seq_len(model, seq_len)
+    out_dir = output_dir(args.out or str(default_out_dir("profile")), "--out")
+    variants = ["fastbert"] + (["hf_sdpa"] if args.compare == "hf" else [])
+    return ProfilePlan(device, model, batch, seq_len, dtype, variants, out_dir)
+
+
+def run_profile_command(args) -> int:
+    """Run ``fastbert profile`` for parsed CLI ``args``; returns the exit code."""
+    plan = profile_plan(args)
+    device, dtype, out_dir = plan.device, plan.dtype, plan.out_dir
+    base = sweep.load_base_model(plan.model, args.seed)
+    feed = sweep.make_batch(base.config, plan.batch, plan.seq_len, False, args.seed, device)
+    meta = report.collect_metadata(device)
+    peak_tflops, peak_gbps, peak_note = profile.resolve_peak(meta.get("gpu_name"), dtype, args.peak_tflops, args.peak_gbps)
+    if _device_type(device) == "cpu" and args.peak_tflops is None:
+        peak_note = "peak unknown on the CPU; measured on the CPU (not a GPU result)"
+    elem = torch.tensor([], dtype=DTYPES[dtype]).element_size()
+    costs = profile.forward_costs(base.config, plan.batch, plan.seq_len, elem, pooler=getattr(base, "pooler", None) is not None)
+
+    where = meta.get("gpu_name") or f"CPU ({meta.get('cpu_name')}), not a GPU result"
+    print(f"fastbert profile: {plan.model}, batch {plan.batch} x seq {plan.seq_len}, {dtype}, on {where}")
+    results, summaries = {}, {}
+    for name in plan.variants:
+        model = VARIANTS[name].build(base, DTYPES[dtype], torch.device(device))
+        trace = out_dir / f"trace-{name}.json"
+        result = profile.profile_model(model, feed, device, args.warmup, args.steps, trace)
+        results[name] = result
+        summaries[name] = profile.class_summary(result, costs, peak_tflops, peak_gbps)
+        print(f"\n== {name}: per op/kernel ({result.timed}) — Chrome trace {trace}")
+        print(profile.format_rows(result, args.top))
+        print(f"\n== {name}: per class, counted work per forward (see fastbert/bench/profile.py, forward_costs)")
+        print(profile.format_classes(summaries[name], peak_note))
+        del model
+    if len(plan.variants) > 1:
+        print("\n== where the time went, per forward")
+        print(profile.format_side_by_side(summaries))
+
+    title = f"{plan.model} b={plan.batch} s={plan.seq_len} {dtype} — {where}"
+    png = profile.write_roofline(summaries, peak_tflops, peak_gbps, title, out_dir / "roofline.png")
+    config = {"model": plan.model, "batch": plan.batch, "seq_len": plan.seq_len, "dtype": dtype, "device": device,
+              "warmup": args.warmup, "steps": args.steps}
+    peak = {"tflops": peak_tflops, "gbps": peak_gbps, "source": peak_note}
+    doc = profile.profile_document(meta, config, peak, costs, results, summaries)
+    (out_dir / "profile.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    print(f"\nwrote {out_dir / 'profile.json'}, traces, "
+          + (f"{png.name}" if png else "no roofline (matplotlib is not installed)"))
+    return 0

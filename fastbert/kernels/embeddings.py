@@ -26,10 +26,11 @@ import triton
 import triton.language as tl
 
 from fastbert.kernels import launch, registry
+from fastbert.kernels.dropout import check_dropout_p, check_seed
+from fastbert.kernels.dtypes import TRITON_NAMES
 from fastbert.kernels.layernorm import MAX_HIDDEN, column_sums, dropout_keep, layernorm_configs
 from fastbert.kernels.registry import Variant
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 # The backward keeps three row-index vectors live and issues atomics: more registers
@@ -231,7 +232,7 @@ def _prepare(input_ids, position_ids, token_type_ids, word_weight, position_weig
         raise ValueError("exactly one of input_ids and inputs_embeds must be given")
     if not isinstance(position_weight, torch.Tensor) or position_weight.dim() != 2:
         raise ValueError("position_weight must be a (positions, hidden) tensor")
-    if position_weight.dtype not in _DTYPES:
+    if position_weight.dtype not in TRITON_NAMES:
         raise TypeError(f"position_weight must be float16, bfloat16 or float32, got {position_weight.dtype}")
     device, hidden, dtype = position_weight.device, position_weight.shape[1], position_weight.dtype
     launch.check_device("position_weight", position_weight)
@@ -258,12 +259,10 @@ def _prepare(input_ids, position_ids, token_type_ids, word_weight, position_weig
     posw = _table("position_weight", position_weight, hidden, dtype, device)
     typew = _table("token_type_weight", token_type_weight, hidden, dtype, device)
     for name, t in (("norm_weight", norm_weight), ("norm_bias", norm_bias)):
-        if not isinstance(t, torch.Tensor) or t.shape != (hidden,) or t.dtype not in _DTYPES or t.device != device:
+        if not isinstance(t, torch.Tensor) or t.shape != (hidden,) or t.dtype not in TRITON_NAMES or t.device != device:
             raise ValueError(f"{name} must be a float tensor of shape ({hidden},) on {device}")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    if dropout_p > 0.0 and (not isinstance(seed, int) or not 0 <= seed < 2**31):
-        raise ValueError(f"seed must be an int in [0, 2**31) when dropout_p > 0, got {seed!r}")
+    check_dropout_p(dropout_p)
+    check_seed(seed, dropout_p)
     dummy = posw
     emb = inputs_embeds if inputs_embeds is not None else dummy
     tensors = (ids if ids is not None else pos, pos, types if types is not None else pos,

@@ -30,10 +30,11 @@ import triton
 import triton.language as tl
 
 from fastbert.kernels import launch, registry
+from fastbert.kernels.dropout import check_dropout_p, check_seed
+from fastbert.kernels.dtypes import TRITON_NAMES
 from fastbert.kernels.registry import Variant
 
 MAX_HIDDEN = 4096  # wider rows spill in the one-tile-per-row backward
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 # ---------------------------------------------------------------------------
@@ -257,7 +258,7 @@ def _rows(t: torch.Tensor, hidden: int) -> torch.Tensor:
 
 def _check_inputs(x, residual, weight, bias, x_bias, dropout_p, seed) -> int:
     """Validate the LayerNorm kernel inputs; returns the row width."""
-    if not isinstance(x, torch.Tensor) or x.dtype not in _DTYPES:
+    if not isinstance(x, torch.Tensor) or x.dtype not in TRITON_NAMES:
         raise TypeError(f"x must be a float16, bfloat16 or float32 tensor, got {getattr(x, 'dtype', type(x).__name__)}")
     if x.dim() == 0:
         raise ValueError("x must have at least one dimension")
@@ -265,18 +266,16 @@ def _check_inputs(x, residual, weight, bias, x_bias, dropout_p, seed) -> int:
     hidden = x.shape[-1]
     if not 1 <= hidden <= MAX_HIDDEN:
         raise ValueError(f"x's last dimension must be in [1, {MAX_HIDDEN}] for the Triton LayerNorm, got {hidden}")
-    if residual is not None and (residual.shape != x.shape or residual.dtype not in _DTYPES):
+    if residual is not None and (residual.shape != x.shape or residual.dtype not in TRITON_NAMES):
         raise ValueError(f"residual must be a float tensor of x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
     for name, t in (("weight", weight), ("bias", bias), ("x_bias", x_bias)):
-        if t is not None and (t.shape != (hidden,) or t.dtype not in _DTYPES):
+        if t is not None and (t.shape != (hidden,) or t.dtype not in TRITON_NAMES):
             raise ValueError(f"{name} must be a float tensor of shape ({hidden},), got {t.dtype} {tuple(t.shape)}")
     for name, t in (("residual", residual), ("weight", weight), ("bias", bias), ("x_bias", x_bias)):
         if t is not None and t.device != x.device:
             raise ValueError(f"{name} must be on {x.device}, got {t.device}")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    if dropout_p > 0.0 and (not isinstance(seed, int) or not 0 <= seed < 2**31):
-        raise ValueError(f"seed must be an int in [0, 2**31) when dropout_p > 0, got {seed!r}")
+    check_dropout_p(dropout_p)
+    check_seed(seed, dropout_p)
     return hidden
 
 
@@ -346,7 +345,7 @@ def layernorm_backward(
     sums over all rows; ``dx_bias`` is None without an ``x_bias``).
     """
     hidden = _check_inputs(x, residual, weight, None, x_bias, dropout_p, seed)
-    if not isinstance(dy, torch.Tensor) or dy.shape != x.shape or dy.device != x.device or dy.dtype not in _DTYPES:
+    if not isinstance(dy, torch.Tensor) or dy.shape != x.shape or dy.device != x.device or dy.dtype not in TRITON_NAMES:
         raise ValueError(f"dy must be a float tensor of x's shape {tuple(x.shape)} on {x.device}")
     x2 = _rows(x, hidden)
     n_rows = x2.shape[0]

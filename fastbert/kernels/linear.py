@@ -11,13 +11,9 @@ fp32 inputs use exact (IEEE) fp32 dots, not TF32: fp32 numerics hold.
 The same kernel, with other strides, computes the backward GEMMs:
 ``dX = dZ @ weight`` and ``dW = dZ.T @ X`` (``dZ = dY * act'(z)``); ``db = sum_rows dZ``.
 
-``linear_act_fwd`` / ``linear_act_bwd`` are the elementwise epilogue kernels:
-``y = act(z)`` (the cuBLAS path: ``torch.addmm`` puts the bias in cuBLAS's epilogue,
-this kernel applies the activation) and ``dZ = dY * act'(z)`` (the backward's fused
-activation derivative, from the saved pre-activation).
-
-Activations (``ACTIVATIONS``): 0 none, 1 GELU (erf), 2 GELU (tanh form: ``gelu_new``,
-``gelu_fast``, ``gelu_pytorch_tanh``), 3 ReLU, 4 SiLU. The oracle is
+The activation and its derivative are ``fastbert.kernels.activations`` (codes:
+``ACTIVATIONS``), which also holds the elementwise kernels of the cuBLAS path
+(``y = act(z)``) and of the backward (``dZ = dY * act'(z)``). The oracle is
 ``fastbert.ops.linear.linear_reference``.
 """
 
@@ -30,11 +26,9 @@ import triton
 import triton.language as tl
 
 from fastbert.kernels import launch, registry
+from fastbert.kernels.activations import ACTIVATIONS, activate
+from fastbert.kernels.dtypes import TRITON_NAMES, check_float_tensor
 from fastbert.kernels.registry import Variant
-
-ACTIVATIONS = {None: 0, "gelu": 1, "gelu_tanh": 2, "relu": 3, "silu": 4}
-"""Canonical activation name (``fastbert.ops.linear.canonical_activation``) -> kernel code."""
-_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
 # ---------------------------------------------------------------------------
@@ -60,7 +54,6 @@ _MATMUL = {
 (16-bit, GELU/SiLU math or a second store of the pre-activation: that epilogue needs
 more registers, and the 128x256 tile on 8 warps and 128x128 on 4 warps spill with it,
 per the build gate), "fp32"."""
-_ELEMENTWISE = [(1024, 4), (2048, 8), (4096, 8)]
 
 
 def heavy_epilogue(activation: int, save_pre: bool) -> bool:
@@ -68,11 +61,9 @@ def heavy_epilogue(activation: int, save_pre: bool) -> bool:
     return save_pre or activation not in (0, 3)
 
 
-def linear_configs(kernel: str, arch: int, *, dtype: str, heavy: bool = False) -> list[triton.Config]:
-    """Autotune configs of a linear kernel for ``arch`` (80 or 90), dtype ('fp16', 'bf16', 'fp32')
+def linear_configs(arch: int, *, dtype: str, heavy: bool = False) -> list[triton.Config]:
+    """Autotune configs of the GEMM for ``arch`` (80 or 90), dtype ('fp16', 'bf16', 'fp32')
     and epilogue weight (see :func:`heavy_epilogue`)."""
-    if kernel in ("linear_act_fwd", "linear_act_bwd"):
-        return [triton.Config({"BLOCK": b}, num_warps=w, num_stages=1) for b, w in _ELEMENTWISE]
     family = "fp32" if dtype == "fp32" else ("half-heavy" if heavy else "half")
     return [
         triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": g}, num_warps=w, num_stages=s)
@@ -80,11 +71,7 @@ def linear_configs(kernel: str, arch: int, *, dtype: str, heavy: bool = False) -
     ]
 
 
-_INTERPRETER_CONFIGS = {
-    "linear_fwd": triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 2}, num_warps=4, num_stages=1),
-    "linear_act_fwd": triton.Config({"BLOCK": 1024}, num_warps=4, num_stages=1),
-    "linear_act_bwd": triton.Config({"BLOCK": 1024}, num_warps=4, num_stages=1),
-}
+_INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 2}, num_warps=4, num_stages=1)
 
 
 # ---------------------------------------------------------------------------
@@ -102,33 +89,20 @@ def _matmul_variant(label, dtype, n, k, strides, bias, act, save_pre, out_dtype=
     return Variant(label, args, {"dtype": dtype, "heavy": heavy_epilogue(act, save_pre)}, dtype != "fp32")
 
 
-def _gate_variants(kernel: str) -> list[Variant]:
-    if kernel == "linear_fwd":
-        hidden, inter = 768, 3072
-        return [
-            _matmul_variant("fp16 fwd 768->3072 bias+relu", "fp16", inter, hidden, (hidden, 1, hidden, 1), True, 3, False),
-            _matmul_variant("fp16 fwd 768->3072 bias+gelu", "fp16", inter, hidden, (hidden, 1, hidden, 1), True, 1, False),
-            _matmul_variant("bf16 fwd 768->3072 bias+gelu_tanh", "bf16", inter, hidden, (hidden, 1, hidden, 1), True, 2, False),
-            _matmul_variant("fp16 fwd 768->3072 bias+gelu save_pre", "fp16", inter, hidden, (hidden, 1, hidden, 1), True, 1, True),
-            _matmul_variant("bf16 fwd 768->3072 bias+silu save_pre", "bf16", inter, hidden, (hidden, 1, hidden, 1), True, 4, True),
-            _matmul_variant("fp32 fwd 768->3072 bias+gelu save_pre", "fp32", inter, hidden, (hidden, 1, hidden, 1), True, 1, True),
-            # dX = dZ (M, 3072) @ W (3072, 768): B read with unit stride along N.
-            _matmul_variant("fp16 bwd dX 3072->768", "fp16", hidden, inter, (inter, 1, 1, hidden), False, 0, False),
-            # dW = dZ.T (3072, M) @ X (M, 768): A read with unit stride along M, K = tokens.
-            _matmul_variant("bf16 bwd dW (3072,M)@(M,768)", "bf16", hidden, "i32", (1, inter, 1, hidden), False, 0, False),
-        ]  # fmt: skip
-    variants = []
-    for dtype in ("fp16", "bf16", "fp32"):
-        t = f"*{dtype}"
-        args = {"Z": t, "Out": t, "n_elements": "i32", "ACTIVATION": 1}
-        if kernel == "linear_act_bwd":
-            args = {"dY": t, "Z": t, "dZ": t, "n_elements": "i32", "ACTIVATION": 2}
-        variants.append(Variant(f"{dtype} {'gelu' if kernel == 'linear_act_fwd' else 'gelu_tanh'}", args, {"dtype": dtype}, False))
-    return variants
-
-
-def _register(name: str):
-    return registry.kernel(name=name, variants=_gate_variants(name), configs=functools.partial(linear_configs, name))
+def _gate_variants() -> list[Variant]:
+    hidden, inter = 768, 3072
+    return [
+        _matmul_variant("fp16 fwd 768->3072 bias+relu", "fp16", inter, hidden, (hidden, 1, hidden, 1), True, 3, False),
+        _matmul_variant("fp16 fwd 768->3072 bias+gelu", "fp16", inter, hidden, (hidden, 1, hidden, 1), True, 1, False),
+        _matmul_variant("bf16 fwd 768->3072 bias+gelu_tanh", "bf16", inter, hidden, (hidden, 1, hidden, 1), True, 2, False),
+        _matmul_variant("fp16 fwd 768->3072 bias+gelu save_pre", "fp16", inter, hidden, (hidden, 1, hidden, 1), True, 1, True),
+        _matmul_variant("bf16 fwd 768->3072 bias+silu save_pre", "bf16", inter, hidden, (hidden, 1, hidden, 1), True, 4, True),
+        _matmul_variant("fp32 fwd 768->3072 bias+gelu save_pre", "fp32", inter, hidden, (hidden, 1, hidden, 1), True, 1, True),
+        # dX = dZ (M, 3072) @ W (3072, 768): B read with unit stride along N.
+        _matmul_variant("fp16 bwd dX 3072->768", "fp16", hidden, inter, (inter, 1, 1, hidden), False, 0, False),
+        # dW = dZ.T (3072, M) @ X (M, 768): A read with unit stride along M, K = tokens.
+        _matmul_variant("bf16 bwd dW (3072,M)@(M,768)", "bf16", hidden, "i32", (1, inter, 1, hidden), False, 0, False),
+    ]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
@@ -136,46 +110,7 @@ def _register(name: str):
 # ---------------------------------------------------------------------------
 
 
-@triton.jit
-def _sigmoid(x):
-    """Logistic function without overflow: exp of minus the magnitude only."""
-    e = tl.exp(-tl.abs(x))
-    return tl.where(x >= 0.0, 1.0, e) / (1.0 + e)
-
-
-@triton.jit
-def _activate(z, ACTIVATION: tl.constexpr):
-    """Activation of fp32 ``z`` (see the module docstring for the codes)."""
-    y = z
-    if ACTIVATION == 1:
-        y = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
-    elif ACTIVATION == 2:  # 0.5 z (1 + tanh(u)) = z sigmoid(2u), u = sqrt(2/pi) (z + 0.044715 z^3)
-        y = z * _sigmoid(1.5957691216057308 * (z + 0.044715 * z * z * z))
-    elif ACTIVATION == 3:
-        y = tl.maximum(z, 0.0)
-    elif ACTIVATION == 4:
-        y = z * _sigmoid(z)
-    return y
-
-
-@triton.jit
-def _activation_grad(z, ACTIVATION: tl.constexpr):
-    """d act(z) / dz for fp32 ``z``."""
-    d = tl.full(z.shape, 1.0, tl.float32)
-    if ACTIVATION == 1:
-        d = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476)) + z * 0.3989422804014327 * tl.exp(-0.5 * z * z)
-    elif ACTIVATION == 2:
-        s = _sigmoid(1.5957691216057308 * (z + 0.044715 * z * z * z))
-        d = s + z * s * (1.0 - s) * 1.5957691216057308 * (1.0 + 0.134145 * z * z)
-    elif ACTIVATION == 3:
-        d = tl.where(z > 0.0, 1.0, 0.0)
-    elif ACTIVATION == 4:
-        s = _sigmoid(z)
-        d = s * (1.0 + z * (1.0 - s))
-    return d
-
-
-@_register("linear_fwd")
+@registry.kernel(name="linear_fwd", variants=_gate_variants(), configs=linear_configs)
 def _linear_fwd(
     A, B, Bias, C, Z,
     M, N, K,
@@ -223,53 +158,21 @@ def _linear_fwd(
     row_off = offs_m.to(tl.int64)[:, None]
     if SAVE_PRE:
         tl.store(Z + row_off * stride_zm + offs_n[None, :], acc.to(Z.dtype.element_ty), mask=out_mask)
-    y = _activate(acc, ACTIVATION)
+    y = activate(acc, ACTIVATION)
     tl.store(C + row_off * stride_cm + offs_n[None, :], y.to(C.dtype.element_ty), mask=out_mask)
-
-
-@_register("linear_act_fwd")
-def _linear_act_fwd(Z, Out, n_elements, ACTIVATION: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < n_elements
-    z = tl.load(Z + offs, mask=ok, other=0.0).to(tl.float32)
-    tl.store(Out + offs, _activate(z, ACTIVATION).to(Out.dtype.element_ty), mask=ok)
-
-
-@_register("linear_act_bwd")
-def _linear_act_bwd(dY, Z, dZ, n_elements, ACTIVATION: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < n_elements
-    z = tl.load(Z + offs, mask=ok, other=0.0).to(tl.float32)
-    dy = tl.load(dY + offs, mask=ok, other=0.0).to(tl.float32)
-    tl.store(dZ + offs, (dy * _activation_grad(z, ACTIVATION)).to(dZ.dtype.element_ty), mask=ok)
 
 
 # ---------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------
 
-_TUNING_KEY = ["M_BUCKET", "N", "K", "stride_am", "stride_ak", "stride_bn", "stride_bk", "HAS_BIAS", "ACTIVATION",
-               "SAVE_PRE", "n_elements"]  # fmt: skip
+_TUNING_KEY = ["M_BUCKET", "N", "K", "stride_am", "stride_ak", "stride_bn", "stride_bk", "HAS_BIAS", "ACTIVATION", "SAVE_PRE"]
 
 
 @functools.lru_cache(maxsize=None)
-def _tuned(name: str, arch: int, dtype: str, heavy: bool = False):
-    entry = registry.get(name)
-    configs = [_INTERPRETER_CONFIGS[name]] if arch == 0 else entry.configs(arch, dtype=dtype, heavy=heavy)
-    key = [k for k in _TUNING_KEY if k in entry.fn.arg_names]
-    if name != "linear_fwd":
-        key = ["ACTIVATION"]  # elementwise: bandwidth-bound, one tuning per activation suffices
-    return triton.autotune(configs=configs, key=key)(entry.fn)
-
-
-def _check_dtype(name: str, t: torch.Tensor, dtype: torch.dtype | None = None) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16 or float32 for the Triton linear kernel, got {t.dtype}")
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype} (like x), got {t.dtype}")
-    launch.check_device(name, t)
+def _tuned(arch: int, dtype: str, heavy: bool):
+    configs = [_INTERPRETER_CONFIG] if arch == 0 else linear_configs(arch, dtype=dtype, heavy=heavy)
+    return triton.autotune(configs=configs, key=_TUNING_KEY)(_linear_fwd)
 
 
 def matmul(
@@ -286,10 +189,10 @@ def matmul(
     ``a``'s), and the pre-activation ``a @ b + bias`` when ``save_pre`` (else None).
     ``activation`` is a canonical name (see :data:`ACTIVATIONS`).
     """
-    _check_dtype("a", a)
-    _check_dtype("b", b, a.dtype)
+    check_float_tensor("a", a)
+    check_float_tensor("b", b, a.dtype, a.device)
     if bias is not None:
-        _check_dtype("bias", bias, a.dtype)
+        check_float_tensor("bias", bias, a.dtype, a.device)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {activation!r}")
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
@@ -298,15 +201,12 @@ def matmul(
     n = b.shape[1]
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
-    for name, t in (("b", b), ("bias", bias)):
-        if t is not None and t.device != a.device:
-            raise ValueError(f"{name} must be on {a.device}, got {t.device}")
     out_dtype = out_dtype or a.dtype
     out = launch.empty((m, n), out_dtype, a.device)
     pre = launch.empty((m, n), out_dtype, a.device) if save_pre else None
     if m == 0 or n == 0:
         return out, pre
-    kernel = _tuned("linear_fwd", launch.arch(a.device), _DTYPES[a.dtype], heavy_epilogue(ACTIVATIONS[activation], save_pre))
+    kernel = _tuned(launch.arch(a.device), TRITON_NAMES[a.dtype], heavy_epilogue(ACTIVATIONS[activation], save_pre))
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     kernel[grid](
         a, b, bias if bias is not None else a, out, pre if pre is not None else out,
@@ -328,32 +228,3 @@ def linear_forward(
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise ValueError(f"weight must be a 2D (out_features, in_features) tensor, got {getattr(weight, 'shape', weight)}")
     return matmul(x, weight.t(), bias, activation, save_pre)
-
-
-def activation_forward(z: torch.Tensor, activation: str) -> torch.Tensor:
-    """``act(z)`` elementwise (the epilogue of the cuBLAS path); contiguous, ``z``'s dtype."""
-    _check_dtype("z", z)
-    if activation not in ACTIVATIONS or activation is None:
-        raise ValueError(f"activation must be one of {[a for a in ACTIVATIONS if a]}, got {activation!r}")
-    z = z.contiguous()
-    out = launch.empty(tuple(z.shape), z.dtype, z.device)
-    if z.numel():
-        kernel = _tuned("linear_act_fwd", launch.arch(z.device), _DTYPES[z.dtype])
-        kernel[lambda meta: (triton.cdiv(z.numel(), meta["BLOCK"]),)](z, out, z.numel(), ACTIVATION=ACTIVATIONS[activation])
-    return out
-
-
-def activation_backward(dy: torch.Tensor, z: torch.Tensor, activation: str) -> torch.Tensor:
-    """``dy * act'(z)`` elementwise, computed in fp32; contiguous, ``z``'s dtype."""
-    _check_dtype("z", z)
-    _check_dtype("dy", dy)
-    if activation not in ACTIVATIONS or activation is None:
-        raise ValueError(f"activation must be one of {[a for a in ACTIVATIONS if a]}, got {activation!r}")
-    if dy.shape != z.shape:
-        raise ValueError(f"dy must have z's shape {tuple(z.shape)}, got {tuple(dy.shape)}")
-    z, dy = z.contiguous(), dy.contiguous()
-    dz = launch.empty(tuple(z.shape), z.dtype, z.device)
-    if z.numel():
-        kernel = _tuned("linear_act_bwd", launch.arch(z.device), _DTYPES[z.dtype])
-        kernel[lambda meta: (triton.cdiv(z.numel(), meta["BLOCK"]),)](dy, z, dz, z.numel(), ACTIVATION=ACTIVATIONS[activation])
-    return dz

@@ -7,12 +7,13 @@ Two paths compute ``act(x @ weight.T + bias)`` on a GPU:
 - ``"cublas"``: ``torch.addmm`` (cuBLAS, bias in cuBLAS's own epilogue), then, when
   there is an activation, one elementwise Triton epilogue kernel.
 
-The choice is **measured, not guessed**: ``benchmarks/linear_crossover.py`` times both
-paths on a GPU at BERT shapes and rewrites the ``TABLE`` block below for that GPU's
-architecture. **The table is empty until a GPU run fills it**; with no entry for a
-shape (and always in the interpreter, and for architectures not in the table) the fused
-Triton GEMM is used. No number here was estimated: every entry comes from a run of
-the benchmark, whose JSON (GPU, versions, date) goes to ``benchmarks/results/``.
+The choice is **measured, not guessed**: ``benchmarks/linear_crossover.py --write-table``
+times both paths on a GPU at BERT shapes and writes that GPU architecture's entries into
+``fastbert/data/linear_crossover.json`` (read here as :data:`TABLE`). **The table is
+empty until a GPU run fills it**; with no entry for a shape (and always in the
+interpreter, and for architectures not in the table) the fused Triton GEMM is used. No
+number in it was estimated: every entry comes from a run of the benchmark, whose full
+results (GPU, versions, date) go to ``benchmarks/results/``.
 
 Lookup: entries are keyed by dtype, ``n`` (out features), ``k`` (in features) and
 activation; among the entries for a key, the one with the smallest measured token
@@ -22,6 +23,8 @@ count ``m >= tokens`` decides (the largest measured one beyond the sweep).
 from __future__ import annotations
 
 from typing import TypedDict
+
+from fastbert.data.tables import load_table
 
 
 class Entry(TypedDict):
@@ -39,9 +42,8 @@ class Entry(TypedDict):
 
 CHOICES = ("triton", "cublas")
 
-# BEGIN MEASURED TABLE (written by benchmarks/linear_crossover.py --write-table; do not edit by hand)
-TABLE: dict[int, list[Entry]] = {}
-# END MEASURED TABLE
+TABLE: dict[int, list[Entry]] = load_table("linear_crossover", key=int)
+"""Measured entries per architecture (80, 90), from ``fastbert/data/linear_crossover.json``."""
 
 
 def choose(arch: int, m: int, n: int, k: int, dtype: str, activation: str | None, table=None) -> str:

@@ -14,10 +14,9 @@ Kernels (all accumulate in fp32; fp32 inputs use IEEE dots, not TF32):
 - ``sparse_fwd``: one program per (``BLOCK_M`` rows of X, one block row of W); it loops
   over that row's non-zero block columns: ``acc += X[:, cols] @ V[j].T``. Epilogue:
   bias, activation (0 none, 1 GELU erf, 2 GELU tanh, 3 ReLU, 4 SiLU: the codes of
-  ``fastbert.kernels.linear.ACTIVATIONS``), optional store of the pre-activation
+  ``fastbert.kernels.activations.ACTIVATIONS``), optional store of the pre-activation
   (for the backward), then ``+ residual``. Empty block rows write ``act(bias)``
   (+ residual) or zeros: every output element is written.
-- ``sparse_dz``: elementwise ``dZ = dY * act'(Z)``.
 - ``sparse_dx``: one program per (``BLOCK_M`` rows, one block column of W), looping over
   the transposed index: ``dX[:, cols] += dZ[:, rows] @ V[j]``; empty columns write 0.
 - ``sparse_dw``: one program per dW group: ``dV[j] = dZ[:, rows_j].T @ X[:, cols]``
@@ -27,6 +26,7 @@ Launch order of ``sparse_fwd``/``sparse_dx``: consecutive programs share the sam
 of X (dZ) and walk the block rows (columns), so the activation tile stays in L2 while
 the weight blocks (small: the whole pruned matrix) are re-read from L2.
 
+The backward's ``dZ = dY * act'(Z)`` is ``fastbert.kernels.activations.activation_backward``.
 The oracle is ``fastbert.ops.sparse_linear.sparse_linear_reference`` (a dense matmul of
 ``BlockSparseWeight.to_dense()``).
 """
@@ -40,14 +40,12 @@ import triton
 import triton.language as tl
 
 from fastbert.kernels import launch, registry
+from fastbert.kernels.activations import ACTIVATIONS, activate
+from fastbert.kernels.dtypes import TRITON_NAMES, check_float_tensor
 from fastbert.kernels.registry import Variant
 from fastbert.kernels.sparse_format import BLOCK_SIZES, DW_TILE, BlockSparseWeight
 
-__all__ = ["BLOCK_SIZES", "BlockSparseWeight", "sparse_forward", "sparse_grad_input", "sparse_grad_values", "activation_grad"]
-ACTIVATIONS = {None: 0, "gelu": 1, "gelu_tanh": 2, "relu": 3, "silu": 4}
-"""Canonical activation name (``fastbert.ops.linear.canonical_activation``) -> kernel code
-(the same codes as ``fastbert.kernels.linear``)."""
-_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+__all__ = ["BLOCK_SIZES", "BlockSparseWeight", "sparse_forward", "sparse_grad_input", "sparse_grad_values"]
 
 
 # ---------------------------------------------------------------------------
@@ -67,19 +65,15 @@ _CONFIGS = {
         90: {"half": [(64, 4, 3), (128, 4, 3)], "fp32": [(32, 4, 2)]},
     },
 }
-_ELEMENTWISE = [(1024, 4), (2048, 8)]
 _INTERPRETER_CONFIGS = {
     "sparse_fwd": triton.Config({"BLOCK_M": 16}, num_warps=4, num_stages=1),
     "sparse_dx": triton.Config({"BLOCK_M": 16}, num_warps=4, num_stages=1),
     "sparse_dw": triton.Config({"BLOCK_M": 32}, num_warps=4, num_stages=1),
-    "sparse_dz": triton.Config({"BLOCK": 1024}, num_warps=4, num_stages=1),
 }
 
 
 def sparse_configs(kernel: str, arch: int, *, dtype: str) -> list[triton.Config]:
     """Autotune configs of a sparse kernel for ``arch`` (80 or 90) and dtype ('fp16', 'bf16', 'fp32')."""
-    if kernel == "sparse_dz":
-        return [triton.Config({"BLOCK": b}, num_warps=w, num_stages=1) for b, w in _ELEMENTWISE]
     family = "fp32" if dtype == "fp32" else "half"
     table = _CONFIGS["dw" if kernel == "sparse_dw" else "mm"][arch][family]
     return [triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=s) for m, w, s in table]
@@ -112,18 +106,13 @@ def _gate_variants(kernel: str) -> list[Variant]:
             args = {"dZ": t, "Values": t, "TPtr": "*i32", "TRow": "*i32", "TBlk": "*i32", "dX": t}
             args |= {"M": "i32", "N": inter, "K": hidden, "stride_dzm": inter, "stride_dxm": hidden, "M_BUCKET": "i32", "B": block}
             out.append(Variant(f"{dtype} B={block} dX 3072->768", args, {"dtype": dtype}, dtype != "fp32"))
-    elif kernel == "sparse_dw":
+    else:  # sparse_dw
         for dtype, block in (("fp16", 16), ("bf16", 32), ("fp16", 64), ("fp32", 32)):
             t = f"*{dtype}"
             args = {"dZ": t, "X": t, "Groups": "*i32", "GroupCol": "*i32", "RowIdx": "*i32", "dV": t}
             args |= {"M": "i32", "N": inter, "K": hidden, "stride_dzm": inter, "stride_xm": hidden, "stride_xk": 1}
             args |= {"M_BUCKET": "i32", "B": block, "G": DW_TILE // block}
             out.append(Variant(f"{dtype} B={block} dW (3072,M)@(M,768)", args, {"dtype": dtype}, dtype != "fp32"))
-    else:  # sparse_dz
-        for dtype in ("fp16", "bf16", "fp32"):
-            t = f"*{dtype}"
-            args = {"dY": t, "Z": t, "dZ": t, "n_elements": "i32", "ACTIVATION": 1}
-            out.append(Variant(f"{dtype} gelu", args, {"dtype": dtype}, False))
     return out
 
 
@@ -134,45 +123,6 @@ def _register(name: str):
 # ---------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------
-
-
-@triton.jit
-def _sigmoid(x):
-    """Logistic function without overflow: exp of minus the magnitude only."""
-    e = tl.exp(-tl.abs(x))
-    return tl.where(x >= 0.0, 1.0, e) / (1.0 + e)
-
-
-@triton.jit
-def _activate(z, ACTIVATION: tl.constexpr):
-    """Activation of fp32 ``z`` (codes: see :data:`ACTIVATIONS`)."""
-    y = z
-    if ACTIVATION == 1:
-        y = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
-    elif ACTIVATION == 2:  # 0.5 z (1 + tanh(u)) = z sigmoid(2u), u = sqrt(2/pi) (z + 0.044715 z^3)
-        y = z * _sigmoid(1.5957691216057308 * (z + 0.044715 * z * z * z))
-    elif ACTIVATION == 3:
-        y = tl.maximum(z, 0.0)
-    elif ACTIVATION == 4:
-        y = z * _sigmoid(z)
-    return y
-
-
-@triton.jit
-def _activation_grad(z, ACTIVATION: tl.constexpr):
-    """d act(z) / dz for fp32 ``z``."""
-    d = tl.full(z.shape, 1.0, tl.float32)
-    if ACTIVATION == 1:
-        d = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476)) + z * 0.3989422804014327 * tl.exp(-0.5 * z * z)
-    elif ACTIVATION == 2:
-        s = _sigmoid(1.5957691216057308 * (z + 0.044715 * z * z * z))
-        d = s + z * s * (1.0 - s) * 1.5957691216057308 * (1.0 + 0.134145 * z * z)
-    elif ACTIVATION == 3:
-        d = tl.where(z > 0.0, 1.0, 0.0)
-    elif ACTIVATION == 4:
-        s = _sigmoid(z)
-        d = s * (1.0 + z * (1.0 - s))
-    return d
 
 
 @_register("sparse_fwd")
@@ -222,19 +172,10 @@ def _sparse_fwd(
     row_off = offs_m.to(tl.int64)[:, None]
     if SAVE_PRE:
         tl.store(Z + row_off * stride_zm + offs_n[None, :], acc.to(Z.dtype.element_ty), mask=out_mask)
-    y = _activate(acc, ACTIVATION)
+    y = activate(acc, ACTIVATION)
     if HAS_RESIDUAL:
         y += tl.load(Res + row_off * stride_rm + offs_n[None, :], mask=out_mask, other=0.0).to(tl.float32)
     tl.store(Y + row_off * stride_ym + offs_n[None, :], y.to(Y.dtype.element_ty), mask=out_mask)
-
-
-@_register("sparse_dz")
-def _sparse_dz(dY, Z, dZ, n_elements, ACTIVATION: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < n_elements
-    z = tl.load(Z + offs, mask=ok, other=0.0).to(tl.float32)
-    dy = tl.load(dY + offs, mask=ok, other=0.0).to(tl.float32)
-    tl.store(dZ + offs, (dy * _activation_grad(z, ACTIVATION)).to(dZ.dtype.element_ty), mask=ok)
 
 
 @_register("sparse_dx")
@@ -323,7 +264,7 @@ _TUNING_KEY = ["M_BUCKET", "N", "K", "stride_xk", "B", "HAS_BIAS", "ACTIVATION",
 def _tuned(name: str, arch: int, dtype: str):
     entry = registry.get(name)
     configs = [_INTERPRETER_CONFIGS[name]] if arch == 0 else entry.configs(arch, dtype=dtype)
-    key = [k for k in _TUNING_KEY if k in entry.fn.arg_names] if name != "sparse_dz" else ["ACTIVATION"]
+    key = [k for k in _TUNING_KEY if k in entry.fn.arg_names]
     return triton.autotune(configs=configs, key=key)(entry.fn)
 
 
@@ -331,22 +272,10 @@ def _m_bucket(m: int) -> int:
     return max(16, triton.next_power_of_2(m))
 
 
-def _check_tensor(name: str, t: torch.Tensor, dtype: torch.dtype | None = None, device: torch.device | None = None) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16 or float32 for the sparse kernels, got {t.dtype}")
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype} (like x), got {t.dtype}")
-    if device is not None and t.device != device:
-        raise ValueError(f"{name} must be on {device} (like x), got {t.device}")
-    launch.check_device(name, t)
-
-
 def _check_weight(w: BlockSparseWeight, x: torch.Tensor) -> None:
     if not isinstance(w, BlockSparseWeight):
         raise TypeError(f"weight must be a BlockSparseWeight, got {type(w).__name__}")
-    _check_tensor("weight.values", w.values, x.dtype, x.device)
+    check_float_tensor("weight.values", w.values, x.dtype, x.device)
     if w.row_ptr.device != x.device:
         raise ValueError(f"weight's indices must be on {x.device} (like x), got {w.row_ptr.device}: use weight.to(device)")
 
@@ -365,7 +294,7 @@ def sparse_forward(
     ``x @ W.T + bias`` when ``save_pre`` (else None). ``residual`` is (M, N), unit stride
     along N. ``activation`` is a canonical name (see :data:`ACTIVATIONS`).
     """
-    _check_tensor("x", x)
+    check_float_tensor("x", x)
     _check_weight(weight, x)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {activation!r}")
@@ -374,12 +303,12 @@ def sparse_forward(
         raise ValueError(f"x must be (M, {k}) for a weight of shape {weight.shape}, got {tuple(x.shape)}")
     m = x.shape[0]
     if bias is not None:
-        _check_tensor("bias", bias, x.dtype, x.device)
+        check_float_tensor("bias", bias, x.dtype, x.device)
         if bias.shape != (n,):
             raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
         bias = bias.contiguous()
     if residual is not None:
-        _check_tensor("residual", residual, x.dtype, x.device)
+        check_float_tensor("residual", residual, x.dtype, x.device)
         if residual.shape != (m, n):
             raise ValueError(f"residual must have shape ({m}, {n}), got {tuple(residual.shape)}")
         if residual.stride(1) != 1:
@@ -388,7 +317,7 @@ def sparse_forward(
     pre = launch.empty((m, n), x.dtype, x.device) if save_pre else None
     if m == 0 or n == 0:
         return y, pre
-    kernel = _tuned("sparse_fwd", launch.arch(x.device), _DTYPES[x.dtype])
+    kernel = _tuned("sparse_fwd", launch.arch(x.device), TRITON_NAMES[x.dtype])
     nbr = weight.block_rows
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * nbr,)  # noqa: E731
     kernel[grid](
@@ -401,24 +330,8 @@ def sparse_forward(
     return y, pre
 
 
-def activation_grad(dy: torch.Tensor, z: torch.Tensor, activation: str) -> torch.Tensor:
-    """``dy * act'(z)`` elementwise (fp32 math), contiguous, ``z``'s dtype."""
-    _check_tensor("z", z)
-    _check_tensor("dy", dy, z.dtype, z.device)
-    if activation not in ACTIVATIONS or activation is None:
-        raise ValueError(f"activation must be one of {[a for a in ACTIVATIONS if a]}, got {activation!r}")
-    if dy.shape != z.shape:
-        raise ValueError(f"dy must have z's shape {tuple(z.shape)}, got {tuple(dy.shape)}")
-    z, dy = z.contiguous(), dy.contiguous()
-    dz = launch.empty(tuple(z.shape), z.dtype, z.device)
-    if z.numel():
-        kernel = _tuned("sparse_dz", launch.arch(z.device), _DTYPES[z.dtype])
-        kernel[lambda meta: (triton.cdiv(z.numel(), meta["BLOCK"]),)](dy, z, dz, z.numel(), ACTIVATION=ACTIVATIONS[activation])
-    return dz
-
-
 def _check_dz(dz: torch.Tensor, weight: BlockSparseWeight) -> torch.Tensor:
-    _check_tensor("dz", dz)
+    check_float_tensor("dz", dz)
     _check_weight(weight, dz)
     if dz.dim() != 2 or dz.shape[1] != weight.shape[0]:
         raise ValueError(f"dz must be (M, {weight.shape[0]}), got {tuple(dz.shape)}")
@@ -433,7 +346,7 @@ def sparse_grad_input(dz: torch.Tensor, weight: BlockSparseWeight) -> torch.Tens
     dx = launch.empty((m, k), dz.dtype, dz.device)
     if m == 0 or k == 0:
         return dx
-    kernel = _tuned("sparse_dx", launch.arch(dz.device), _DTYPES[dz.dtype])
+    kernel = _tuned("sparse_dx", launch.arch(dz.device), TRITON_NAMES[dz.dtype])
     nbc = weight.block_cols
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * nbc,)  # noqa: E731
     kernel[grid](
@@ -447,7 +360,7 @@ def sparse_grad_values(dz: torch.Tensor, x: torch.Tensor, weight: BlockSparseWei
     """Gradient of ``weight.values`` (nnz, B, B): ``dz[:, rows_j].T @ x[:, cols_j]`` per stored
     block (zero in the padding past N or K)."""
     dz = _check_dz(dz, weight)
-    _check_tensor("x", x, dz.dtype, dz.device)
+    check_float_tensor("x", x, dz.dtype, dz.device)
     n, k = weight.shape
     if x.dim() != 2 or x.shape != (dz.shape[0], k):
         raise ValueError(f"x must be ({dz.shape[0]}, {k}), got {tuple(x.shape)}")
@@ -455,7 +368,7 @@ def sparse_grad_values(dz: torch.Tensor, x: torch.Tensor, weight: BlockSparseWei
     if weight.nnz_blocks == 0:
         return dv
     m = x.shape[0]
-    kernel = _tuned("sparse_dw", launch.arch(dz.device), _DTYPES[dz.dtype])
+    kernel = _tuned("sparse_dw", launch.arch(dz.device), TRITON_NAMES[dz.dtype])
     b = weight.block
     kernel[(weight.dw_blocks.shape[0],)](
         dz, x, weight.dw_blocks, weight.dw_col, weight.row_idx, dv,

@@ -9,9 +9,10 @@ Two sparse paths can replace the dense GEMM of a pruned weight:
 Whether either beats the dense GEMM depends on the GPU, shape, dtype, block size,
 sparsity and token count, so the choice is **measured, never estimated**:
 ``benchmarks/sparse_crossover.py`` times each sparse path against dense (the faster of
-cuBLAS and fastbert's fused linear) on a GPU and rewrites the ``TABLE`` block below for
-that architecture. **The table is empty: no GPU measurement exists yet.** Without an
-entry the answer is ``"dense"``: the default can never be slower than dense.
+cuBLAS and fastbert's fused linear) on a GPU and, with ``--write-table``, writes that
+architecture's entries into ``fastbert/data/sparse_crossover.json`` (read here as
+:data:`TABLE`). **The table is empty: no GPU measurement exists yet.** Without an entry
+the answer is ``"dense"``: the default can never be slower than dense.
 
 Lookup (:func:`choose`), deliberately conservative: among entries of the same path,
 dtype, ``n``, ``k`` and block size, take the largest measured sparsity not above the
@@ -23,6 +24,8 @@ one outside the measured range) must **all** have shown the sparse path faster.
 from __future__ import annotations
 
 from typing import TypedDict
+
+from fastbert.data.tables import load_table
 
 
 class Entry(TypedDict):
@@ -42,9 +45,8 @@ class Entry(TypedDict):
 
 KINDS = ("block", "2:4")
 
-# BEGIN MEASURED TABLE (written by benchmarks/sparse_crossover.py --write-table; do not edit by hand)
-TABLE: dict[int, list[Entry]] = {}
-# END MEASURED TABLE
+TABLE: dict[int, list[Entry]] = load_table("sparse_crossover", key=int)
+"""Measured entries per architecture (80, 90), from ``fastbert/data/sparse_crossover.json``."""
 
 
 def choose(

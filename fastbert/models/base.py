@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from fastbert.models.adapter import FamilyAdapter
-from fastbert.models.weights import install_state_dict_hooks, load_fast_weights
+from fastbert.models.encoder import copy_encoder
+from fastbert.models.weights import install_state_dict_hooks
 from fastbert.modules.config import FastBertConfig
 from fastbert.modules.embeddings import FastBertEmbeddings
-from fastbert.modules.encoder import FastBertEncoder
 from fastbert.modules.masks import normalize_attention_mask
 
 # Keyword arguments HF heads may forward to the base model that do not change its result.
@@ -110,7 +110,9 @@ def fast_class(hf_class: type) -> type:
     """The subclass of ``hf_class`` whose forward is fastbert's (one per HF class).
 
     It keeps the HF class's ``__name__`` so ``save_pretrained`` records the original
-    architecture, and is registered in this module so instances pickle.
+    architecture, and is set on this module as ``Fast<Name>``, its ``__qualname__``, so the
+    class can be found by name. Instances do not pickle yet: the state-dict hooks that keep
+    HF names are local functions.
     """
     if hf_class not in _FAST_CLASSES:
         qualname = f"Fast{hf_class.__name__}"
@@ -138,8 +140,6 @@ def convert_base_model(base: nn.Module, adapter: FamilyAdapter) -> nn.Module:
     adapter.check_supported(hf_config)
     config = adapter.config_from_hf(hf_config)
     weight_map = adapter.weight_map(hf_config, config)
-    word = base.embeddings.word_embeddings.weight
-    hf_state = base.state_dict()
 
     embeddings = FastBertEmbeddings(config, device="meta")
     for name in ("word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm"):
@@ -150,9 +150,7 @@ def convert_base_model(base: nn.Module, adapter: FamilyAdapter) -> nn.Module:
         embeddings.projection = projection
     embeddings.train(base.training)
 
-    encoder = FastBertEncoder(config, device="meta").to_empty(device=word.device).to(word.dtype)
-    load_fast_weights(encoder, hf_state, weight_map, prefix="encoder.")
-    encoder.train(base.training)
+    encoder = copy_encoder(base, config, weight_map)
 
     hf_class = type(base)
     for attr in adapter.replaced_attrs(config):

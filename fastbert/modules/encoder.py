@@ -28,7 +28,7 @@ class FastBertEncoder(nn.Module):
     """The transformer stack of a BERT-family model, as a plain ``nn.Module``.
 
     ``FastBertEncoder(config)`` builds randomly initialized layers;
-    ``FastBertEncoder.from_hf(model)`` copies a Hugging Face model's encoder weights.
+    ``fastbert.encoder_from_hf(model)`` builds one holding a Hugging Face model's encoder weights.
     ``config.layer_schedule`` lets several applied layers share one set of weights.
 
     ``unpad`` (True, False or "auto"; default "auto") says when a batch with a padding mask
@@ -78,14 +78,6 @@ class FastBertEncoder(nn.Module):
     def head_counts(self) -> tuple[int, ...]:
         """The distinct attention-head counts of the layers (one value unless heads were pruned)."""
         return tuple(sorted({layer.num_attention_heads for layer in self.layers}))
-
-    @classmethod
-    def from_hf(cls, model: nn.Module) -> "FastBertEncoder":
-        """A new encoder holding copies of the encoder weights of a Hugging Face model
-        (base or task model of a supported family). The HF model is not modified."""
-        from fastbert.models import encoder_from_hf
-
-        return encoder_from_hf(model)
 
     def forward(
         self,

@@ -15,15 +15,16 @@ from typing import NamedTuple
 
 import torch
 
+from fastbert.data.tables import load_table
 from fastbert.ops.validation import values_readable
 
 UNPAD_MODES = (True, False, "auto")
 
-# Padding fraction above which "auto" unpads, per device type. CPU: measured with
-# `python benchmarks/unpad_cpu.py --threshold` (see README.md for the result). CUDA: not
-# yet measured on a GPU; until it is, any padding at all triggers unpadding, which is the
-# choice that does not compute on padding.
-AUTO_PADDING_THRESHOLD = {"cpu": 0.05, "cuda": 0.0}
+AUTO_PADDING_THRESHOLD: dict[str, float] = load_table("unpad_threshold")
+"""Padding fraction above which "auto" unpads, per device type, as measured by
+``benchmarks/unpad_cpu.py`` (``fastbert/data/unpad_threshold.json``). A device type
+without a measurement (CUDA: no GPU run yet) unpads at any padding, the choice that does
+not compute on padding."""
 
 
 def check_unpad_mode(mode) -> None:

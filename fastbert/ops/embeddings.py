@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fastbert.kernels.dropout import check_dropout_p
 from fastbert.ops import dispatch
 
 
@@ -31,8 +32,7 @@ def embeddings(
     """
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("exactly one of input_ids and inputs_embeds must be given")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    check_dropout_p(dropout_p)
     device = word_weight.device
     fn = dispatch.implementation("embeddings", device)
     return fn(

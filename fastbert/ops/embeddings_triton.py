@@ -15,11 +15,8 @@ from __future__ import annotations
 import torch
 
 from fastbert.kernels.embeddings import embeddings_backward, embeddings_forward
+from fastbert.kernels.dropout import check_dropout_p, draw_seed, seed_value
 from fastbert.ops import dispatch
-
-
-def _seed_value(seed: torch.Tensor | None) -> int:
-    return 0 if seed is None else int(seed.item())
 
 
 def _rows(input_ids, inputs_embeds) -> tuple[int, int]:
@@ -44,7 +41,7 @@ def embeddings_fwd_op(
     """Fused forward; returns ``(out, mean, rstd)`` (see ``embeddings_forward``)."""
     return embeddings_forward(
         input_ids, position_ids, token_type_ids, word_weight, position_weight, token_type_weight,
-        norm_weight, norm_bias, eps, inputs_embeds, dropout_p, _seed_value(seed),
+        norm_weight, norm_bias, eps, inputs_embeds, dropout_p, seed_value(seed),
     )  # fmt: skip
 
 
@@ -77,7 +74,7 @@ def embeddings_bwd_op(
     ``d_token_type`` is empty without a token-type table; LayerNorm grads are float32."""
     d_word, d_pos, d_type, d_emb, d_w, d_b = embeddings_backward(
         dy, input_ids, position_ids, token_type_ids, word_weight, position_weight, token_type_weight,
-        norm_weight, mean, rstd, inputs_embeds, dropout_p, _seed_value(seed),
+        norm_weight, mean, rstd, inputs_embeds, dropout_p, seed_value(seed),
     )  # fmt: skip
     d_in = d_word if d_word is not None else d_emb
     return d_in, d_pos, (d_type if d_type is not None else dy.new_empty((0,))), d_w, d_b.clone()
@@ -134,9 +131,8 @@ def triton_embeddings(
     norm_weight, norm_bias, eps, *, inputs_embeds=None, dropout_p=0.0,
 ):  # fmt: skip
     """Fused Triton embeddings; same contract as ``fastbert.ops.embeddings.embeddings_reference``."""
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    seed = torch.randint(0, 2**31 - 1, (), dtype=torch.int64) if dropout_p > 0.0 else None
+    check_dropout_p(dropout_p)
+    seed = draw_seed(dropout_p)
     out, _, _ = embeddings_fwd_op(
         input_ids, position_ids, token_type_ids, word_weight, position_weight, token_type_weight,
         norm_weight, norm_bias, float(eps), inputs_embeds, float(dropout_p), seed,

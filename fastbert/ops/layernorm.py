@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fastbert.kernels.dropout import check_dropout_p
 from fastbert.ops import dispatch
 
 
@@ -30,8 +31,7 @@ def add_layernorm(
     for name, t in (("weight", weight), ("bias", bias), ("x_bias", x_bias)):
         if t is not None and t.shape != (hidden,):
             raise ValueError(f"{name} must have shape ({hidden},), got {tuple(t.shape)}")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    check_dropout_p(dropout_p)
     fn = dispatch.implementation("add_layernorm", x.device)
     return fn(x, residual, weight, bias, eps, x_bias=x_bias, dropout_p=dropout_p)
 

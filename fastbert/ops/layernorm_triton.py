@@ -15,11 +15,8 @@ from __future__ import annotations
 import torch
 
 from fastbert.kernels.layernorm import layernorm_backward, layernorm_forward
+from fastbert.kernels.dropout import check_dropout_p, draw_seed, seed_value
 from fastbert.ops import dispatch
-
-
-def _seed_value(seed: torch.Tensor | None) -> int:
-    return 0 if seed is None else int(seed.item())
 
 
 @torch.library.custom_op("fastbert::add_layernorm_fwd", mutates_args=())
@@ -34,7 +31,7 @@ def add_layernorm_fwd_op(
     seed: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused forward; returns ``(y, mean, rstd)`` (see ``layernorm_forward``)."""
-    return layernorm_forward(x, residual, weight, bias, eps, x_bias, dropout_p, _seed_value(seed))
+    return layernorm_forward(x, residual, weight, bias, eps, x_bias, dropout_p, seed_value(seed))
 
 
 @add_layernorm_fwd_op.register_fake
@@ -59,7 +56,7 @@ def add_layernorm_bwd_op(
     """``(dx, dresidual, param_grads)``: ``dresidual`` is empty unless it differs from ``dx``
     (a residual and dropout); ``param_grads`` is float32 ``(3, hidden)``: dweight, dbias, dx_bias."""
     dx, dres, dweight, dbias, dx_bias = layernorm_backward(
-        dy, x, residual, weight, mean, rstd, x_bias, dropout_p, _seed_value(seed)
+        dy, x, residual, weight, mean, rstd, x_bias, dropout_p, seed_value(seed)
     )
     if dres is None or dres is dx:
         dres = x.new_empty((0,))
@@ -115,8 +112,7 @@ def triton_add_layernorm(
 ) -> torch.Tensor:
     """Fused Triton residual + bias + dropout + LayerNorm; same contract as
     ``fastbert.ops.layernorm.add_layernorm_reference``."""
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    seed = torch.randint(0, 2**31 - 1, (), dtype=torch.int64) if dropout_p > 0.0 else None
+    check_dropout_p(dropout_p)
+    seed = draw_seed(dropout_p)
     y, _, _ = add_layernorm_fwd_op(x, residual, weight, bias, float(eps), x_bias, float(dropout_p), seed)
     return y

@@ -21,19 +21,20 @@ from __future__ import annotations
 import torch
 
 from fastbert.kernels import launch, linear_table
-from fastbert.kernels.linear import ACTIVATIONS, activation_backward, activation_forward, linear_forward, matmul
+from fastbert.kernels.activations import ACTIVATIONS, activation_backward, activation_forward
+from fastbert.kernels.dtypes import TRITON_NAMES
+from fastbert.kernels.linear import linear_forward, matmul
 from fastbert.ops import dispatch
 from fastbert.ops.linear import canonical_activation
 
 _NAMES = {code: name for name, code in ACTIVATIONS.items()}
-_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
 def _path(x2: torch.Tensor, n: int, activation: str | None) -> str:
     """``"triton"`` or ``"cublas"`` for this GEMM, from the measured table (Triton without an entry)."""
-    if x2.device.type != "cuda" or x2.dtype not in _DTYPES:
+    if x2.device.type != "cuda" or x2.dtype not in TRITON_NAMES:
         return "triton"
-    return linear_table.choose(launch.arch(x2.device), x2.shape[0], n, x2.shape[1], _DTYPES[x2.dtype], activation)
+    return linear_table.choose(launch.arch(x2.device), x2.shape[0], n, x2.shape[1], TRITON_NAMES[x2.dtype], activation)
 
 
 def _gemm(a, w, bias, activation, save_pre):

@@ -24,6 +24,13 @@ from fastbert.ops.validation import values_readable
 _CHECKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
+def _version(t: torch.Tensor) -> int | None:
+    """``t``'s version counter (bumped by in-place changes), which a check is valid for.
+    Tensors made under ``torch.inference_mode`` have none: one of those stays checked while
+    it lives (it can only be changed in place inside inference mode)."""
+    return None if t.is_inference() else t._version
+
+
 class Unpadded(NamedTuple):
     """A packed batch and what is needed to restore its padded shape."""
 
@@ -49,7 +56,7 @@ def unpad(x: torch.Tensor, keep: torch.Tensor, max_seqlen: int | None = None) ->
         max_seqlen = int(lengths.max()) if lengths.numel() else 0
     packed = gather_rows(x.reshape(-1, *x.shape[2:]), indices)
     if not torch.compiler.is_compiling():
-        _CHECKED[cu_seqlens] = (cu_seqlens._version, packed.shape[0], max_seqlen)  # valid by construction
+        _CHECKED[cu_seqlens] = (_version(cu_seqlens), packed.shape[0], max_seqlen)  # valid by construction
     return Unpadded(packed, indices, cu_seqlens, max_seqlen, x.shape[0], x.shape[1])
 
 
@@ -74,7 +81,7 @@ def check_cu_seqlens(cu_seqlens, total_tokens: int, max_seqlen) -> None:
     if not values_readable(cu_seqlens):
         return
     max_seqlen = int(max_seqlen)
-    if _CHECKED.get(cu_seqlens) == (cu_seqlens._version, total_tokens, max_seqlen):
+    if _CHECKED.get(cu_seqlens) == (_version(cu_seqlens), total_tokens, max_seqlen):
         return
     lengths = cu_seqlens[1:] - cu_seqlens[:-1]
     first, last, shortest, longest = torch.stack((cu_seqlens[0], cu_seqlens[-1], lengths.min(), lengths.max())).tolist()
@@ -84,7 +91,7 @@ def check_cu_seqlens(cu_seqlens, total_tokens: int, max_seqlen) -> None:
         raise ValueError(f"cu_seqlens describe {last} tokens but the packed input has {total_tokens} rows")
     if longest > max_seqlen:
         raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest sequence in cu_seqlens ({longest})")
-    _CHECKED[cu_seqlens] = (cu_seqlens._version, total_tokens, max_seqlen)
+    _CHECKED[cu_seqlens] = (_version(cu_seqlens), total_tokens, max_seqlen)
 
 
 def pad(packed: torch.Tensor, indices: torch.Tensor, batch: int, seq: int) -> torch.Tensor:

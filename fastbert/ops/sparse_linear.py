@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fastbert.kernels.dtypes import TRITON_NAMES
 from fastbert.kernels.sparse_format import BLOCK_SIZES, BlockSparseWeight
 from fastbert.ops import dispatch
 from fastbert.ops.linear import ACTIVATIONS, canonical_activation, linear
@@ -36,7 +37,6 @@ __all__ = [
     "is_two_four", "semi_structured_unsupported_reason", "to_semi_structured", "semi_structured_or_none",
     "semi_structured_linear",
 ]  # fmt: skip
-_DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
 def _check_inputs(x, sparse_weight, bias, residual) -> None:
@@ -103,7 +103,8 @@ class _SparseLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        from fastbert.kernels.sparse import activation_grad, sparse_grad_input, sparse_grad_values
+        from fastbert.kernels.activations import activation_backward
+        from fastbert.kernels.sparse import sparse_grad_input, sparse_grad_values
 
         x2, values, pre = ctx.saved_tensors
         weight = ctx.sparse_weight.with_values(values)
@@ -111,7 +112,7 @@ class _SparseLinearFunction(torch.autograd.Function):
         dy = dy.contiguous()
         dz = dy
         if ctx.activation is not None and (need_x or need_v or need_b):
-            dz = activation_grad(dy, pre, ctx.activation)
+            dz = activation_backward(dy, pre, ctx.activation)
         dx = sparse_grad_input(dz, weight) if need_x else None
         dv = sparse_grad_values(dz, x2, weight) if need_v else None
         db = dz.sum(0, dtype=torch.float32).to(ctx.bias_dtype) if need_b and ctx.bias_dtype is not None else None
@@ -146,13 +147,13 @@ def choose_path(sparse_weight: BlockSparseWeight, tokens: int, device: torch.dev
     it, so today this always answers ``"dense"`` (and always off CUDA).
     """
     device = device or sparse_weight.device
-    if device.type != "cuda" or sparse_weight.dtype not in _DTYPE_NAMES:
+    if device.type != "cuda" or sparse_weight.dtype not in TRITON_NAMES:
         return "dense"
     from fastbert.kernels import launch, sparse_table
 
     n, k = sparse_weight.shape
     choice = sparse_table.choose(
-        launch.arch(device), tokens, n, k, _DTYPE_NAMES[sparse_weight.dtype], sparse_weight.block,
+        launch.arch(device), tokens, n, k, TRITON_NAMES[sparse_weight.dtype], sparse_weight.block,
         sparse_weight.block_sparsity, kind="block",
     )  # fmt: skip
     return "sparse" if choice == "block" else "dense"

@@ -4,7 +4,29 @@ from __future__ import annotations
 
 import numbers
 
-from fastbert.prune.masks import BLOCK_SIZES
+from fastbert.prune.masks import BLOCK_SIZES, PATTERNS
+
+METHODS = ("magnitude",)
+SCOPES = ("global", "layer")
+
+
+def check_options(sparsity, pattern: str, method: str, scope: str, block_size) -> None:
+    """TypeError/ValueError for options :func:`fastbert.prune.prune` does not take."""
+    check_fraction("sparsity", sparsity)
+    if pattern not in PATTERNS:
+        raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS} (gradual pruning: fastbert.prune.GradualPruner), got {method!r}")
+    check_scope(scope)
+    if pattern == "2:4" and abs(sparsity - 0.5) > 1e-9:
+        raise ValueError("the 2:4 pattern is always 50 % sparse: pass sparsity=0.5")
+    check_block_size(pattern, block_size)
+
+
+def check_scope(scope: str) -> None:
+    """ValueError unless ``scope`` is one of :data:`SCOPES`."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
 
 
 def check_fraction(name: str, value) -> None:

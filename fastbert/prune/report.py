@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import torch
+
+from fastbert.prune.targets import encoder_of, targets
+
 
 @dataclass
 class MatrixReport:
@@ -87,3 +91,21 @@ class PruneReport:
             f"predicted projection speedup {self.predicted_speedup:.2f}x ({self.pattern}, {self.method})"
         )
         return "\n".join(lines)
+
+
+def build_report(model, chosen, target: float, pattern: str, method: str) -> PruneReport:
+    """A PruneReport of the current state of the chosen matrices (structured: vs the config's sizes)."""
+    encoder = encoder_of(model)
+    cfg = encoder.config
+    dense_shapes = {
+        "attention.qkv": (3 * cfg.hidden_size, cfg.hidden_size),
+        "attention.output": (cfg.hidden_size, cfg.hidden_size),
+        "ffn.in": (cfg.intermediate_size, cfg.hidden_size),
+        "ffn.out": (cfg.hidden_size, cfg.intermediate_size),
+    }
+    report = PruneReport(pattern, method, target)
+    for t in targets(model, sorted({t.layer for t in chosen})):
+        rows, cols = dense_shapes[t.role]
+        remaining = int(torch.count_nonzero(t.module.weight.detach()))
+        report.matrices.append(MatrixReport(t.name, t.role, (rows, cols), rows * cols, remaining))
+    return report

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numbers
 
-from fastbert.prune.checks import check_block_size, check_fraction
+from fastbert.prune.checks import check_block_size, check_fraction, check_scope
+from fastbert.prune.magnitude import prune
+from fastbert.prune.targets import targets
 
 
 def cubic_sparsity(step: int, final: float, start: int, end: int, initial: float = 0.0) -> float:
@@ -31,13 +33,9 @@ class GradualPruner:
     def __init__(self, model, final_sparsity: float, start_step: int, end_step: int, frequency: int = 10,
                  pattern: str = "unstructured", scope: str = "global", block_size: int = 32, layers=None):
         """Every argument is checked here, before any training step (ValueError/TypeError)."""
-        from fastbert.prune import SCOPES
-        from fastbert.prune.targets import targets
-
         if pattern not in ("unstructured", "block"):
             raise ValueError(f"gradual pruning supports the 'unstructured' and 'block' patterns, got {pattern!r}")
-        if scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+        check_scope(scope)
         check_fraction("final_sparsity", final_sparsity)
         check_block_size(pattern, block_size)
         for name, value in (("start_step", start_step), ("end_step", end_step), ("frequency", frequency)):
@@ -54,8 +52,6 @@ class GradualPruner:
 
     def step(self):
         """Advance one optimizer step; prune when the schedule says so. Returns the report or None."""
-        from fastbert.prune import prune
-
         self.step_count += 1
         due = (self.step_count - self.start) % self.frequency == 0 or self.step_count == self.end
         if self.step_count < self.start or self.step_count > self.end or not due:

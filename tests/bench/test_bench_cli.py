@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from fastbert.bench import report, runners
+from fastbert.bench import report, variants
 from fastbert.cli import main
 
 TINY = ["--arch", "bert-tiny", "--batch", "1", "2", "--seq-len", "16", "--repeats", "1", "--warmup", "1",
@@ -121,7 +121,7 @@ def test_out_of_memory_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch, 
         calls.append(inputs["input_ids"].shape)
         raise exc
 
-    monkeypatch.setitem(runners.VARIANTS, "hf_eager", dataclasses.replace(runners.VARIANTS["hf_eager"], make_forward=oom_forward))
+    monkeypatch.setitem(variants.VARIANTS, "hf_eager", dataclasses.replace(variants.VARIANTS["hf_eager"], make_forward=oom_forward))
     assert main(["bench", *TINY, "--no-plots", "--out", str(tmp_path)]) == 0
     doc = json.loads((tmp_path / "bench.json").read_text())
     assert len(calls) == len(doc["results"]) == 4  # every configuration was tried
@@ -136,7 +136,7 @@ def test_other_errors_are_recorded_as_error(tmp_path, monkeypatch):
     def broken(base, dtype, device):
         raise TypeError("this family is not supported")
 
-    monkeypatch.setitem(runners.VARIANTS, "fastbert", dataclasses.replace(runners.VARIANTS["fastbert"], build=broken))
+    monkeypatch.setitem(variants.VARIANTS, "fastbert", dataclasses.replace(variants.VARIANTS["fastbert"], build=broken))
     args = ["bench", "--arch", "bert-tiny", "--batch", "1", "--seq-len", "8", "--no-varlen", "--repeats", "1",
             "--device", "cpu", "--no-plots", "--out", str(tmp_path)]
     assert main(args) == 1  # a failed variant fails the run; the others are still measured and written

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from fastbert.bench import inputs, opclass, opcost, peaks, sweep, timing
+from fastbert import numerics
+from fastbert.bench import measure, profile, sweep
 from fastbert.configs import random_hf_model
 
 
@@ -17,9 +18,9 @@ def test_counted_matmul_flops_match_the_models_linear_layers(arch):
     linears = [m for m in model.encoder.modules() if isinstance(m, nn.Linear)]
     expected = sum(2 * batch * seq * m.in_features * m.out_features for m in linears)
     expected += 2 * batch * model.pooler.dense.in_features * model.pooler.dense.out_features
-    costs = opcost.forward_costs(model.config, batch, seq, 4, pooler=True)
+    costs = profile.forward_costs(model.config, batch, seq, 4, pooler=True)
     assert costs["matmul"].flops == expected
-    layers, hidden, _ = opcost.encoder_dims(model.config)
+    layers, hidden, _ = profile.encoder_dims(model.config)
     assert costs["attention"].flops == layers * 4 * batch * seq * seq * hidden
 
 
@@ -33,36 +34,36 @@ def test_counted_matmul_flops_match_the_models_linear_layers(arch):
     (["aten::gelu"], "vectorized_elementwise_kernel", "other"),
 ])
 def test_op_classes(chain, kernel, expected):
-    assert opclass.classify(chain, kernel) == expected
+    assert profile.classify(chain, kernel) == expected
 
 
 def test_peaks_known_for_hopper_and_unknown_on_cpu():
-    h200 = peaks.known_peak("NVIDIA H200")
-    h100 = peaks.known_peak("NVIDIA H100 80GB HBM3")
+    h200 = profile.known_peak("NVIDIA H200")
+    h100 = profile.known_peak("NVIDIA H100 80GB HBM3")
     assert h200.tflops["bfloat16"] == h100.tflops["bfloat16"] and h200.gbps > h100.gbps
-    assert peaks.known_peak("NVIDIA H100 PCIe").gbps < h100.gbps
-    assert peaks.resolve_peak(None, "float32", None, None) == (None, None, "peak unknown for this device")
-    assert peaks.resolve_peak(None, "float32", 1.5, 20.0)[:2] == (1.5, 20.0)
+    assert profile.known_peak("NVIDIA H100 PCIe").gbps < h100.gbps
+    assert profile.resolve_peak(None, "float32", None, None) == (None, None, "peak unknown for this device")
+    assert profile.resolve_peak(None, "float32", 1.5, 20.0)[:2] == (1.5, 20.0)
 
 
 def test_repeat_count_respects_the_time_limit():
-    assert timing.repeat_count(0.001, 50, 1.0) == 50
-    assert timing.repeat_count(0.1, 50, 1.0) == 10
-    assert timing.repeat_count(10.0, 50, 1.0) == timing.MIN_REPEATS
-    assert timing.repeat_count(10.0, 1, 1.0) == 1
+    assert measure.repeat_count(0.001, 50, 1.0) == 50
+    assert measure.repeat_count(0.1, 50, 1.0) == 10
+    assert measure.repeat_count(10.0, 50, 1.0) == measure.MIN_REPEATS
+    assert measure.repeat_count(10.0, 1, 1.0) == 1
 
 
 def test_measure_reports_order_statistics_and_the_last_output():
     values = iter(range(100))
-    t, last = timing.measure(lambda: next(values), "cpu", warmup=2, repeats=5)
+    t, last = measure.time_alone(lambda: next(values), "cpu", warmup=2, repeats=5)
     assert t.repeats == 5 and last == 6 and t.min_s <= t.median_s <= t.p90_s
 
 
 def test_varlen_lengths_are_seeded_and_in_range():
-    a = inputs.row_lengths(64, 128, True, seed=3)
-    assert torch.equal(a, inputs.row_lengths(64, 128, True, seed=3))
+    a = sweep.row_lengths(64, 128, True, seed=3)
+    assert torch.equal(a, sweep.row_lengths(64, 128, True, seed=3))
     assert a.min() >= sweep.VARLEN_MIN_LENGTH and a.max() <= 128 and len(set(a.tolist())) > 1
-    assert inputs.row_lengths(4, 8, True, seed=0).tolist() == [8] * 4  # seq below 16: every row full
+    assert sweep.row_lengths(4, 8, True, seed=0).tolist() == [8] * 4  # seq below 16: every row full
 
 
 def test_sweep_order_and_dtype_aliases():
@@ -71,7 +72,7 @@ def test_sweep_order_and_dtype_aliases():
         (False, 1, "float16"), (False, 1, "bfloat16"), (False, 2, "float16"), (False, 2, "bfloat16"),
         (True, 1, "float16"), (True, 1, "bfloat16"), (True, 2, "float16"), (True, 2, "bfloat16")]
     with pytest.raises(ValueError, match="dtype"):
-        sweep.canonical_dtype("fp8")
+        numerics.canonical_dtype("fp8")
 
 
 def test_interleaved_timing_drops_a_failing_function_and_keeps_the_others():
@@ -87,7 +88,7 @@ def test_interleaved_timing_drops_a_failing_function_and_keeps_the_others():
             raise RuntimeError("CUDA out of memory")
         return "bad-out"
 
-    times, outputs, failed = timing.interleaved({"ok": ok, "bad": breaks_on_second_call}, {"ok": 3, "bad": 3}, "cpu")
+    times, outputs, failed = measure.interleaved({"ok": ok, "bad": breaks_on_second_call}, {"ok": 3, "bad": 3}, "cpu")
     assert calls == ["ok", "bad", "ok", "bad", "ok"]  # one call of each in turn
     assert len(times["ok"]) == 3 and "bad" not in times and outputs["ok"] == "ok-out"
     assert isinstance(failed["bad"], RuntimeError)

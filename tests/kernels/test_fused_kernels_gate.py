@@ -1,4 +1,4 @@
-"""The build gate covers the LayerNorm, embeddings and linear kernels.
+"""The build gate covers the LayerNorm, embeddings, linear and activation kernels.
 
 Registration is checked for every kernel; compiling is checked for one representative
 (variant, config) per kernel and architecture, the heaviest of each (the full sweep is
@@ -15,7 +15,8 @@ from fastbert.kernels import compile_check, registry
 FAMILIES = {
     "fastbert.kernels.layernorm": ["layernorm_fwd", "layernorm_bwd", "layernorm_bwd_reduce"],
     "fastbert.kernels.embeddings": ["embeddings_fwd", "embeddings_bwd"],
-    "fastbert.kernels.linear": ["linear_fwd", "linear_act_fwd", "linear_act_bwd"],
+    "fastbert.kernels.linear": ["linear_fwd"],
+    "fastbert.kernels.activations": ["activation_fwd", "activation_bwd"],
 }
 
 
@@ -48,7 +49,7 @@ def test_representatives_compile_without_spills_and_with_matrix_instructions():
         _job("layernorm_bwd", "bf16 hidden=1024", 90),
         _job("layernorm_fwd", "bf16 hidden=4096", 80),
         _job("embeddings_bwd", "fp16 hidden=768", 90),
-        _job("linear_act_bwd", "bf16", 80),
+        _job("activation_bwd", "bf16", 80),
     ]
     rows = compile_check.run_jobs(jobs, workers=2)
     table = compile_check.format_table(rows)

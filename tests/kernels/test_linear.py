@@ -1,4 +1,5 @@
-"""GEMM with fused bias/activation epilogue, its backward, and the cuBLAS/Triton table.
+"""GEMM with fused bias/activation epilogue, its backward, and the cuBLAS/Triton table
+(the activation kernels themselves: test_activations.py).
 
 Without a GPU these run under TRITON_INTERPRET=1 (see conftest.py) on small odd-sized
 matrices, fp32 and fp16; bf16 at BERT shapes runs in the ``gpu`` tests. Launchers
@@ -12,21 +13,14 @@ import torch
 import torch.nn.functional as F
 
 from fastbert.kernels import linear_table
-from fastbert.kernels.linear import activation_backward, activation_forward, linear_forward, matmul
+from fastbert.kernels.linear import linear_forward, matmul
 from fastbert.ops import dispatch, linear_triton
 from fastbert.ops.linear import ACTIVATIONS, canonical_activation, linear, linear_reference
 from fastbert.ops.linear_triton import triton_linear
-from tests.helpers import rel_err
+from tests.helpers import TORCH_ACTIVATIONS, rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-TORCH_ACT = {
-    None: lambda z: z,
-    "gelu": F.gelu,
-    "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-}
 
 
 def make_inputs(m, k, n, dtype, seed, bias=True, lead=()):
@@ -50,7 +44,7 @@ def check(inputs, activation, tol, seed=0, fn=None):
     out_shape = inputs["x"].shape[:-1] + (inputs["weight"].shape[0],)
     dy = torch.randn(out_shape, generator=torch.Generator().manual_seed(seed + 1)).to(DEVICE)
     out, g = grads(lambda **kw: fn(**kw, activation=activation), inputs, dy)
-    act = TORCH_ACT[canonical_activation(activation)]
+    act = TORCH_ACTIVATIONS[canonical_activation(activation)]
     dbl = {k: v.double() if v is not None else None for k, v in inputs.items()}
     ref_out, ref_g = grads(lambda x, weight, bias: act(F.linear(x, weight, bias)), dbl, dy.double())
     assert out.shape == out_shape and out.dtype == inputs["x"].dtype and out.is_contiguous()
@@ -108,27 +102,6 @@ def test_empty_and_k_zero():
     bias = torch.randn(4, device=DEVICE)
     y, _ = linear_forward(torch.zeros(3, 0, device=DEVICE), torch.zeros(4, 0, device=DEVICE), bias, "relu")
     assert torch.equal(y, F.relu(bias).expand(3, 4))
-
-
-# --- GELU forms and the other activations, forward and derivative --------------------
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu", "silu"])
-def test_activation_kernels_against_torch(activation, dtype):
-    gen = torch.Generator().manual_seed(7)
-    z = torch.cat([torch.randn(3000, generator=gen) * 3, torch.tensor([-60.0, -30.0, -10.0, 0.0, 1e-4, 10.0, 30.0, 60.0])])
-    z = z.to(DEVICE, dtype)
-    dy = torch.randn(z.shape, generator=gen).to(DEVICE, dtype)
-    zd = z.double().requires_grad_()
-    ref = TORCH_ACT[activation](zd)
-    ref.backward(dy.double())
-    tol = 1e-6 if dtype == torch.float32 else 1e-3
-    assert rel_err(activation_forward(z, activation), ref) < tol
-    assert rel_err(activation_backward(dy, z, activation), zd.grad) < tol
-    if activation.startswith("gelu"):  # each form differs measurably from the other one
-        other = F.gelu(z.double(), approximate="none" if activation == "gelu_tanh" else "tanh")
-        assert rel_err(activation_forward(z.float(), activation), other) > 1e-5
 
 
 # --- the cuBLAS + epilogue path and its measured table --------------------------------
@@ -229,23 +202,3 @@ def test_gpu_bert_shapes(k, n, activation, dtype):
     assert rel_err(out, ref_out) < 1e-2
     for name in g:
         assert rel_err(g[name], ref_g[name]) < 1e-2, name
-
-
-def test_crossover_benchmark_writes_a_loadable_table(tmp_path, monkeypatch):
-    """benchmarks/linear_crossover.py --write-table rewrites only the marked block, per arch."""
-    import importlib.util
-    import pathlib
-
-    root = pathlib.Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location("linear_crossover", root / "benchmarks" / "linear_crossover.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    target = tmp_path / "linear_table.py"
-    target.write_text(pathlib.Path(linear_table.__file__).read_text())
-    monkeypatch.setattr(bench, "TABLE_FILE", str(target))
-    entry = dict(dtype="bf16", m=1024, n=768, k=3072, activation="none", choice="cublas", triton_us=9.5, cublas_us=8.0)
-    bench.write_table(90, [entry])
-    namespace: dict = {}
-    exec(compile(target.read_text(), str(target), "exec"), namespace)
-    assert namespace["TABLE"] == {90: [entry]}
-    assert namespace["choose"](90, 700, 768, 3072, "bf16", None) == "cublas"

@@ -270,16 +270,24 @@ def test_train_mode_dropout_and_eval_determinism():
     assert torch.equal(e, f) and rel_err(e, ref, mask) < 1e-5
 
 
-def test_encoder_from_hf_matches_hf_encoder():
-    config = family_configs()["bert"]
-    hf, _ = build(transformers.BertModel, config)
-    encoder = fastbert.FastBertEncoder.from_hf(hf)
+@pytest.mark.parametrize(("family", "cls_name"), [
+    ("bert", "BertModel"), ("albert", "AlbertForSequenceClassification"), ("distilbert", "DistilBertForMaskedLM"),
+])  # fmt: skip
+def test_encoder_from_hf_matches_hf_encoder(family, cls_name):
+    config = family_configs()[family]
+    hf, _ = build(getattr(transformers, cls_name), config)
+    encoder = fastbert.encoder_from_hf(hf)
     ids, mask = _inputs(config)
+    base = fastbert.models.hf_base_model(hf)
     with torch.no_grad():
-        ref = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-        out = encoder(ref.hidden_states[0], attention_mask=mask)
+        ref = base(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        out = encoder(ref.hidden_states[0], attention_mask=mask)  # (ALBERT's: after its embedding projection)
+        encoder.layers[0].qkv.weight.zero_()  # copies: the HF model keeps its weights
+        again = base(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert isinstance(encoder, fastbert.FastBertEncoder) and encoder.training == base.training
     assert rel_err(out.last_hidden_state, ref.last_hidden_state, mask) < 1e-5
-    assert not fastbert.models.base.is_optimized(hf)
+    assert torch.equal(again, ref.last_hidden_state)
+    assert not fastbert.models.base.is_optimized(base)
 
 
 @pytest.mark.parametrize("cls_name", ["BertForMaskedLM", "BertForPreTraining", "ElectraForMaskedLM"])

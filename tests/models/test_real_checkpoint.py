@@ -48,8 +48,8 @@ def test_sentence_embeddings_match_hf(checkpoint):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_within_target_and_no_worse_than_hf(checkpoint, dtype):
-    """Against the fp32 model: under DESIGN.md's 1e-2 and within 10% of HF's own error in that dtype
-    (the weights' rounding to bf16 alone costs a few 1e-3, so the margin is real, not slack)."""
+    """Against the fp32 model: under the 1e-2 target (docs/ARCHITECTURE.md) and within 10% of HF's own
+    error in that dtype (the weights' rounding to bf16 alone costs a few 1e-3, so the margin is real, not slack)."""
     hf, tokenizer = checkpoint
     batch = tokenizer(sentences(), padding=True, return_tensors="pt")
     mask = batch["attention_mask"]

@@ -273,6 +273,23 @@ def test_whole_model_heavy_padding_against_hf(family):
     assert rel_err(out, ref, mask) < 1e-5
 
 
+def test_packed_path_under_inference_mode_against_hf():
+    """Tensors made under torch.inference_mode have no version counter: the cu_seqlens check
+    cache must not need one (it crashed there); the packed path runs and matches HF."""
+    config = family_configs()["bert"]
+    hf, fast = build(transformers.BertModel, config)
+    fastbert.optimize(fast, unpad=True)
+    ids, mask = padded_batch(config.vocab_size, [11, 3, 7], 0, seed=6)
+    with torch.inference_mode():
+        ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        with record_dispatch() as log:
+            out = fast(input_ids=ids, attention_mask=mask).last_hidden_state
+        packed = padding.unpad(torch.randn(3, 11, 4), mask.bool())
+        padding.check_cu_seqlens(packed.cu_seqlens, packed.packed.shape[0], packed.max_seqlen)
+    assert ("gather_rows", "torch") in log
+    assert rel_err(out, ref, mask) < 1e-5
+
+
 def test_left_padding():
     config = family_configs()["bert"]
     hf, fast = build(transformers.BertModel, config)

@@ -8,6 +8,10 @@
 - ``fastbert_cudagraph`` (GPU only): the fastbert model replayed from a CUDA graph captured
   with ``torch.cuda.graph`` per input shape. It runs the padded path (``unpad=False``):
   packed execution has data-dependent shapes, which a graph cannot capture.
+
+A variant is how to build the module and how to call it on a batch; a future
+``bench --train`` (training-step timing) would add its calls (forward, backward,
+optimizer step) here as another ``make_forward``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Callable
 
 import torch
 from torch import nn
+
+import fastbert
 
 Forward = Callable[[], torch.Tensor]
 
@@ -60,14 +66,10 @@ def _build_compile(base, dtype, device):
 
 
 def _build_fastbert(base, dtype, device):
-    import fastbert
-
     return fastbert.optimize(_hf_copy(base, dtype, device, "sdpa"))
 
 
 def _build_fastbert_padded(base, dtype, device):
-    import fastbert
-
     return fastbert.optimize(_hf_copy(base, dtype, device, "sdpa"), unpad=False)
 
 
@@ -113,39 +115,3 @@ VARIANTS: dict[str, Variant] = {
     ]
 }
 BASELINES = tuple(n for n, v in VARIANTS.items() if v.baseline)
-FASTBERT_VARIANTS = tuple(n for n, v in VARIANTS.items() if not v.baseline)
-
-
-def load_base_model(model: str, seed: int) -> nn.Module:
-    """The HF base model (float32, CPU, eval) for a named arch from :mod:`fastbert.configs`
-    with seeded random weights, or for a local checkpoint directory."""
-    import os
-
-    if os.path.isdir(model):
-        from fastbert.cli_args import load_checkpoint
-
-        return load_checkpoint(model, "--model-dir").eval()
-    from fastbert.configs import random_hf_model
-
-    return random_hf_model(model, seed)
-
-
-def model_config(model: str):
-    """The HF config of a named arch or a checkpoint folder; ValueError naming the choices otherwise."""
-    import os
-
-    if os.path.isdir(model):
-        from fastbert.cli_args import checkpoint_config
-
-        return checkpoint_config(model, "--model-dir")
-    from fastbert.configs import ARCH_NAMES, hf_config
-
-    if model not in ARCH_NAMES:
-        raise ValueError(f"unknown arch {model!r}; expected one of {list(ARCH_NAMES)} or a checkpoint folder (--model-dir)")
-    return hf_config(model)
-
-
-def reference_dtype(device: torch.device) -> torch.dtype:
-    """The dtype HF runs in as the numeric reference, as in ``fastbert check``:
-    float64 on the CPU, float32 on a GPU."""
-    return torch.float64 if torch.device(device).type == "cpu" else torch.float32

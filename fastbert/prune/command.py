@@ -13,26 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-
-def add_parser(sub) -> None:
-    """Register the ``prune`` subcommand."""
-    p = sub.add_parser(
-        "prune",
-        help="prune a checkpoint's encoder (magnitude; block, 2:4, unstructured, heads, neurons)",
-        description="Load a local Hugging Face checkpoint as the task model its config names (its head is "
-        "kept), switch it to fastbert, prune its encoder projections, print the report and save the pruned "
-        "model and report.",
-    )
-    p.add_argument("model_dir", help="local Hugging Face checkpoint directory")
-    p.add_argument("--sparsity", type=float, required=True, help="fraction to remove, in [0, 1)")
-    p.add_argument("--pattern", default="block", choices=["unstructured", "block", "2:4", "heads", "neurons"])
-    p.add_argument("--scope", default="global", choices=["global", "layer"])
-    p.add_argument("--block-size", type=int, default=32, choices=[16, 32, 64])
-    p.add_argument("--layers", type=int, nargs="+", help="only these layer indices")
-    p.add_argument("--out", help="directory for the pruned model (save_pretrained) and prune_report.json; "
-                   "must be new or empty unless --force")
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out, overwriting its files")
-    p.set_defaults(func=run)
+import fastbert
+from fastbert.cli_args import checkpoint_config, checkpoint_dir, load_checkpoint, output_dir, quiet_transformers
 
 
 def task_model_class(config):
@@ -52,8 +34,6 @@ def task_model_class(config):
 
 
 def _out_dir(args, source: Path) -> Path | None:
-    from fastbert.cli_args import output_dir
-
     if not args.out:
         return None
     if Path(args.out).resolve() == source.resolve():
@@ -64,8 +44,6 @@ def _out_dir(args, source: Path) -> Path | None:
 def load_task_model(model_dir: str):
     """The checkpoint as its task model; ValueError if it lacks weights the model needs.
     Returns (model, names of checkpoint weights the model does not use)."""
-    from fastbert.cli_args import checkpoint_config, load_checkpoint
-
     cls = task_model_class(checkpoint_config(model_dir, "MODEL_DIR"))
     model, info = load_checkpoint(model_dir, "MODEL_DIR", cls, output_loading_info=True)
     missing = sorted(info.get("missing_keys") or [])
@@ -77,11 +55,9 @@ def load_task_model(model_dir: str):
     return model.eval(), sorted(info.get("unexpected_keys") or [])
 
 
-def run(args) -> int:
-    """Run the subcommand; exit code 0 on success (bad input raises ValueError/TypeError: exit 2)."""
-    import fastbert
-    from fastbert.cli_args import checkpoint_dir, quiet_transformers
-
+def run_prune_command(args) -> int:
+    """Run ``fastbert prune`` for parsed CLI ``args``; exit code 0 on success (bad input raises
+    ValueError/TypeError: exit 2)."""
     source = checkpoint_dir(args.model_dir, "MODEL_DIR")
     out = _out_dir(args, source)  # before any work
     model, unused = load_task_model(args.model_dir)
