@@ -49,12 +49,13 @@ import triton
 import triton.language as tl
 
 from fastbert.kernels import launch, registry
+from fastbert.kernels.dropout import check_dropout_p, check_seed
+from fastbert.kernels.dtypes import TRITON_NAMES
 from fastbert.kernels.registry import Variant
 
 MAX_HEAD_DIM = 128
 MAX_DROPOUT_SEQLEN = 2**16
 """Longest sequence dropout supports: query and key positions share one 32-bit RNG counter."""
-_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
 # ---------------------------------------------------------------------------
@@ -548,7 +549,7 @@ def _check_qkv(qkv: torch.Tensor, num_heads: int, layout: str = "(batch, seq, 3*
     """Validate ``qkv`` (3D padded, or 2D packed for ``layout="(tokens, 3*hidden)"``); returns head_dim."""
     if not isinstance(qkv, torch.Tensor):
         raise TypeError(f"qkv must be a torch.Tensor, got {type(qkv).__name__}")
-    if qkv.dtype not in _DTYPES:
+    if qkv.dtype not in TRITON_NAMES:
         raise TypeError(f"qkv must be float16, bfloat16 or float32 for the Triton attention kernel, got {qkv.dtype}")
     if qkv.dim() != layout.count(",") + 1:
         raise ValueError(f"qkv must have shape {layout}, got {tuple(qkv.shape)}")
@@ -609,11 +610,9 @@ def _mask_args(attn_mask, key_lengths, qkv: torch.Tensor, num_heads: int) -> _Ma
 
 
 def _check_dropout(dropout_p: float, seed: int, max_seqlen: int) -> None:
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    check_dropout_p(dropout_p)
+    check_seed(seed, dropout_p)
     if dropout_p > 0.0:
-        if not isinstance(seed, int) or not 0 <= seed < 2**31:
-            raise ValueError(f"seed must be an int in [0, 2**31) when dropout_p > 0, got {seed!r}")
         if max_seqlen > MAX_DROPOUT_SEQLEN:
             raise ValueError(
                 f"dropout needs sequences of at most {MAX_DROPOUT_SEQLEN} positions (16-bit positions in the "
@@ -651,7 +650,7 @@ def _forward(qkv, num_heads, batch, seq_len, cu_seqlens, masks: _Masks, dropout_
     if out.numel() == 0 or seq_len == 0:
         return out, stats
     name = "varlen_attention_fwd" if packed else "attention_fwd"
-    kernel = _tuned(name, launch.arch(qkv.device), _DTYPES[qkv.dtype], meta["HEAD_DIM_PAD"], dropout_p > 0.0)
+    kernel = _tuned(name, launch.arch(qkv.device), TRITON_NAMES[qkv.dtype], meta["HEAD_DIM_PAD"], dropout_p > 0.0)
     grid = lambda m: (triton.cdiv(seq_len, m["BLOCK_M"]) * batch * num_heads,)  # noqa: E731
     kernel[grid](
         qkv, out, stats, _or(masks.attn_mask, qkv), _or(masks.key_lengths, qkv), _or(cu_seqlens, qkv),
@@ -669,7 +668,7 @@ def _backward(dout, qkv, out, stats, num_heads, batch, seq_len, cu_seqlens, mask
     dqkv = launch.empty(tuple(qkv.shape), qkv.dtype, qkv.device)
     if dqkv.numel() == 0 or seq_len == 0:
         return dqkv
-    arch, dtype, prefix = launch.arch(qkv.device), _DTYPES[qkv.dtype], "varlen_" if packed else ""
+    arch, dtype, prefix = launch.arch(qkv.device), TRITON_NAMES[qkv.dtype], "varlen_" if packed else ""
     tuned = lambda kernel, dropout: _tuned(prefix + kernel, arch, dtype, meta["HEAD_DIM_PAD"], dropout)  # noqa: E731
     delta = launch.empty((*stats.shape[:-2], stats.shape[-1]), torch.float32, qkv.device)
     cu = _or(cu_seqlens, qkv)

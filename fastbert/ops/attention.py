@@ -28,6 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from fastbert.kernels.dropout import check_dropout_p
 from fastbert.ops import dispatch, padding
 
 
@@ -82,8 +83,7 @@ def attention(
     max_seqlen)`` computed once by the caller (an encoder, per forward), which the
     reference path otherwise computes, with a host sync, on every call.
     """
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    check_dropout_p(dropout_p)
     if cu_seqlens is not None:
         return _varlen_attention(
             qkv, num_heads, cu_seqlens, max_seqlen, attn_mask, key_lengths, dropout_p, scale, indices

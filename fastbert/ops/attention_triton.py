@@ -27,12 +27,9 @@ from fastbert.kernels.attention import (
     varlen_attention_backward,
     varlen_attention_forward,
 )
+from fastbert.kernels.dropout import check_dropout_p, draw_seed, seed_value
 from fastbert.ops import dispatch
 from fastbert.ops.attention import check_attention_inputs
-
-
-def _seed_value(seed: torch.Tensor | None) -> int:
-    return 0 if seed is None else int(seed.item())
 
 
 @torch.library.custom_op("fastbert::attention_fwd", mutates_args=())
@@ -46,7 +43,7 @@ def attention_fwd_op(
     seed: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused attention forward; returns ``(out, stats)`` (see ``attention_forward``)."""
-    return attention_forward(qkv, num_heads, attn_mask, key_lengths, dropout_p, scale, _seed_value(seed))
+    return attention_forward(qkv, num_heads, attn_mask, key_lengths, dropout_p, scale, seed_value(seed))
 
 
 @attention_fwd_op.register_fake
@@ -72,7 +69,7 @@ def attention_bwd_op(
 ) -> torch.Tensor:
     """Gradient of ``attention_fwd`` with respect to ``qkv`` (see ``attention_backward``)."""
     return attention_backward(
-        dout, qkv, out, stats, num_heads, attn_mask, key_lengths, dropout_p, scale, _seed_value(seed)
+        dout, qkv, out, stats, num_heads, attn_mask, key_lengths, dropout_p, scale, seed_value(seed)
     )
 
 
@@ -122,22 +119,16 @@ def triton_attention(
     is rejected rather than silently given no gradient.
     """
     check_attention_inputs(qkv, num_heads, attn_mask, key_lengths)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    check_dropout_p(dropout_p)
     if attn_mask is not None and attn_mask.requires_grad:
         raise ValueError("attn_mask requires grad, but the Triton attention kernel gives no gradient for the mask")
     if qkv.stride(-1) != 1:
         qkv = qkv.contiguous()
     if scale is None:
         scale = 1.0 / math.sqrt(qkv.shape[-1] // (3 * num_heads))
-    seed = _draw_seed(dropout_p)
+    seed = draw_seed(dropout_p)
     out, _ = attention_fwd_op(qkv, num_heads, attn_mask, key_lengths, float(dropout_p), float(scale), seed)
     return out
-
-
-def _draw_seed(dropout_p: float) -> torch.Tensor | None:
-    """A dropout seed from PyTorch's default CPU generator (a CPU tensor: no device sync), or None."""
-    return torch.randint(0, 2**31 - 1, (), dtype=torch.int64) if dropout_p > 0.0 else None
 
 
 # --- packed (variable-length) layout --------------------------------------------------
@@ -149,7 +140,7 @@ def varlen_attention_fwd_op(
     seed: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Packed attention forward; returns ``(out, stats)`` (see ``varlen_attention_forward``)."""
-    return varlen_attention_forward(qkv, num_heads, cu_seqlens, max_seqlen, dropout_p, scale, _seed_value(seed))
+    return varlen_attention_forward(qkv, num_heads, cu_seqlens, max_seqlen, dropout_p, scale, seed_value(seed))
 
 
 @varlen_attention_fwd_op.register_fake
@@ -165,7 +156,7 @@ def varlen_attention_bwd_op(
 ) -> torch.Tensor:  # fmt: skip
     """Gradient of ``varlen_attention_fwd`` with respect to ``qkv`` (see ``varlen_attention_backward``)."""
     return varlen_attention_backward(
-        dout, qkv, out, stats, num_heads, cu_seqlens, max_seqlen, dropout_p, scale, _seed_value(seed)
+        dout, qkv, out, stats, num_heads, cu_seqlens, max_seqlen, dropout_p, scale, seed_value(seed)
     )
 
 
@@ -192,6 +183,6 @@ def triton_varlen_attention(
     check_varlen_inputs(qkv, num_heads, cu_seqlens, max_seqlen, dropout_p)
     if scale is None:
         scale = 1.0 / math.sqrt(qkv.shape[-1] // (3 * num_heads))
-    seed = _draw_seed(dropout_p)
+    seed = draw_seed(dropout_p)
     out, _ = varlen_attention_fwd_op(qkv, num_heads, cu_seqlens, max_seqlen, float(dropout_p), float(scale), seed)
     return out
