@@ -72,7 +72,7 @@ class Step:
     """One independent, time-limited command of the suite."""
 
     name: str
-    limit_s: float  # on a GPU; the dry run gives each step the same share of its own budget at most
+    limit_s: float  # seconds; cut to what the budget has left (the dry run: to half its budget at most)
     argv: Callable[[Context], list[str]]
     outputs: Callable[[Context], list[str]]  # files (relative to ctx.work) the step must write
     returned: str | None = None  # one of the outputs, copied beside the tarball

@@ -237,12 +237,14 @@ def update_readme(readme: Path, block: str) -> None:
     readme.write_text(README_BLOCK.sub(lambda _: block, readme.read_text(), count=1))
 
 
-def apply_tables(run: Path, kernels_dir: Path) -> list[str]:
-    """Copy the measured TABLE blocks the crossover steps wrote into ``kernels_dir``'s files."""
+def apply_tables(summary: dict, run: Path, kernels_dir: Path) -> list[str]:
+    """Copy the measured TABLE blocks the crossover steps wrote into ``kernels_dir``'s files
+    (only from steps that finished: a failed sweep leaves its table as it was)."""
+    finished = {s["name"] for s in summary["steps"] if s.get("ok")}
     applied = []
-    for table in ("linear_table.py", "sparse_table.py"):
+    for step, table in (("linear-crossover", "linear_table.py"), ("sparse-crossover", "sparse_table.py")):
         measured = run / "tables" / table
-        if not measured.is_file():
+        if step not in finished or not measured.is_file():
             continue
         block = TABLE_BLOCK.search(measured.read_text())
         target = kernels_dir / table
@@ -278,7 +280,7 @@ def ingest(out_dir: Path, results_root: Path, readme: Path, allow_cpu: bool, nam
         files += write_charts(run, dest)
         (dest / "README.md").write_text(results_readme(summary, run, name, on_gpu, files))
         update_readme(readme, readme_block(summary, run, name, on_gpu))
-        applied = apply_tables(run, kernels_dir) if tables else []
+        applied = apply_tables(summary, run, kernels_dir) if tables else []
     print(f"wrote {dest} ({len(files)} files + README.md); updated {readme}"
           + (f"; applied {', '.join(applied)}" if applied else "")
           + ("" if on_gpu else f" -- {CPU_LABEL}"))

@@ -50,6 +50,7 @@ KERNEL_MODULES = {
 _TRIED_IMPORT: set[str] = set()
 _RECORDERS: list[list[tuple[str, str]]] = []
 _WARNED: set[tuple[str, str]] = set()
+_ARCH_REASONS: dict[tuple[str, int], tuple[str | None, str | None]] = {}
 
 
 @functools.lru_cache(maxsize=1)
@@ -141,14 +142,15 @@ def _fallback(op: str, reason: str, reference: Callable) -> Callable:
 def _arch_guard(op: str, device: torch.device, impls: dict[str, Callable]) -> Callable | None:
     """The reference (or a dtype-checking wrapper) where ``op``'s kernels cannot run on this
     GPU's architecture; None where they all can."""
-    from fastbert.kernels import launch
-
     arch = _capability(device)
-    module = KERNEL_MODULES[op]
-    reason = launch.unsupported_reason(arch, module)
+    if (op, arch) not in _ARCH_REASONS:  # decided once per op and architecture: this runs on every call
+        from fastbert.kernels import launch
+
+        module = KERNEL_MODULES[op]
+        _ARCH_REASONS[(op, arch)] = (launch.unsupported_reason(arch, module), launch.unsupported_reason(arch, module, bf16=True))
+    reason, bf16_reason = _ARCH_REASONS[(op, arch)]
     if reason is not None:
         return _fallback(op, reason, impls["torch"])
-    bf16_reason = launch.unsupported_reason(arch, module, bf16=True)
     if bf16_reason is None:
         return None
 

@@ -61,7 +61,8 @@ def fake_run(tmp_path: Path, on_gpu: bool = True, seed: int = 0, cpu_files: tupl
         info = tarfile.TarInfo("tables/linear_table.py")
         info.size = len(measured.encode())
         tar.addfile(info, io.BytesIO(measured.encode()))
-    steps = [{"name": "env", "exit_code": 0, "timed_out": False, "seconds": 1.0, "limit_s": 20, "outputs": {"env.json": True}}]
+    steps = [{"name": name, "exit_code": 0, "timed_out": False, "seconds": 1.0, "limit_s": 20, "outputs": {out: True}, "ok": True}
+             for name, out in (("env", "env.json"), ("linear-crossover", "tables/linear_table.py"))]
     summary = {"measured_on_gpu": on_gpu, "dry_run": not on_gpu, "started_utc": f"{DATE}T10:00:00+00:00", "seconds": 400.0,
                "budget_s": 540.0, "steps": steps, "env": env}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary))
@@ -145,6 +146,15 @@ def test_apply_tables_copies_the_measured_block(tmp_path, repo_copy):
     assert "TABLE: dict[int, list[Entry]] = {90: [7]}" in table
     original = (REPO / "fastbert" / "kernels" / "linear_table.py").read_text()
     assert table.replace("{90: [7]}", "{}") == original  # nothing else changed
+
+
+def test_a_failed_sweep_leaves_its_table_alone(tmp_path, repo_copy):
+    out = fake_run(tmp_path, seed=8)
+    summary = json.loads((out / "summary.json").read_text())
+    summary["steps"][1] |= {"exit_code": 124, "timed_out": True, "ok": False}
+    (out / "summary.json").write_text(json.dumps(summary))
+    _ingest(out, repo_copy, allow_cpu=False, tables=True)
+    assert (repo_copy / "kernels" / "linear_table.py").read_text() == (REPO / "fastbert" / "kernels" / "linear_table.py").read_text()
 
 
 def test_bad_input_is_a_one_line_refusal(tmp_path, repo_copy, capsys):
