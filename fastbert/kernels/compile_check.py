@@ -312,8 +312,8 @@ def parse_arch(value: str) -> list[int]:
 
 DEFAULT_REPRESENTATIVE = (89,)
 """Archs the plain gate compiles with representative configs only (one per variant, the
-heaviest): sm_89 shares sm_86's config table and Triton's code path for it (mma, 99 KB of
-shared memory), so the full sweep there repeats sm_86's at CI's expense. ``--arch all``
+heaviest): sm_89 gets sm_86's configs and Triton's code path for it (mma, 99 KB of shared
+memory), so the full sweep there would repeat sm_86's at CI's expense. ``--arch all``
 compiles every config everywhere."""
 
 

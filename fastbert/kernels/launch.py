@@ -37,8 +37,8 @@ def capability(device: torch.device) -> int:
 
 
 def arch(device: torch.device) -> int:
-    """Config family for ``device`` (90 on Hopper, 86 on 99 KB-shared-memory chips, else 80;
-    :func:`fastbert.kernels.registry.config_family`); 0 in the interpreter."""
+    """Config family for ``device``: 90 on Hopper, 80 elsewhere
+    (:func:`fastbert.kernels.registry.config_family`); 0 in the interpreter."""
     if interpreting():
         return 0
     from fastbert.kernels import registry

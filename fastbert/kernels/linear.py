@@ -60,7 +60,6 @@ _MATMUL = {
 (16-bit, GELU/SiLU math or a second store of the pre-activation: that epilogue needs
 more registers, and the 128x256 tile on 8 warps and 128x128 on 4 warps spill with it,
 per the build gate), "fp32"."""
-_MATMUL[86] = _MATMUL[80]  # sm_86/sm_89 (99 KB of shared memory): every A100 config fits there (build gate)
 _ELEMENTWISE = [(1024, 4), (2048, 8), (4096, 8)]
 
 

@@ -20,18 +20,11 @@ ARCHS = (75, 80, 86, 89, 90)
 
 
 def config_family(arch: int) -> int:
-    """Which config table a CUDA architecture (``major * 10 + minor``) uses.
-
-    90 on Hopper; 86 on chips whose blocks get at most 99 KB of shared memory (sm_86,
-    sm_89, sm_12x), so tiles sized for an A100's 163 KB would not launch there; 80
-    otherwise (sm_80, sm_87, and sm_75, which runs only the row kernels: see
-    :func:`fastbert.kernels.launch.unsupported_reason`).
-    """
-    if arch // 10 == 9:
-        return 90
-    if arch in (86, 89) or arch // 10 == 12:
-        return 86
-    return 80
+    """Which config table a CUDA architecture (``major * 10 + minor``) uses: 90 on Hopper,
+    80 on every other chip. The 80 tables must therefore fit the smallest of them: 99 KB of
+    shared memory per block (sm_86, sm_89) and no spills on any (the build gate checks);
+    sm_75 runs only the row kernels (:func:`fastbert.kernels.launch.unsupported_reason`)."""
+    return 90 if arch // 10 == 9 else 80
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +76,7 @@ def kernel(
     """Decorator: ``triton.jit`` the function and register it for the build gate.
 
     ``configs(family, **variant.tuning_key)`` returns the autotune configs for a config
-    family (80, 86 or 90: see :func:`config_family`). ``jit_kwargs`` go to ``triton.jit``.
+    family (80 or 90: see :func:`config_family`). ``jit_kwargs`` go to ``triton.jit``.
     """
     if not variants:
         raise ValueError("a kernel needs at least one Variant for the build gate")

@@ -67,8 +67,6 @@ _CONFIGS = {
         90: {"half": [(64, 4, 3), (128, 4, 3)], "fp32": [(32, 4, 2)]},
     },
 }
-for _family in _CONFIGS.values():
-    _family[86] = _family[80]  # sm_86/sm_89 (99 KB of shared memory): every A100 config fits there (build gate)
 _ELEMENTWISE = [(1024, 4), (2048, 8)]
 _INTERPRETER_CONFIGS = {
     "sparse_fwd": triton.Config({"BLOCK_M": 16}, num_warps=4, num_stages=1),

@@ -130,3 +130,22 @@ def test_without_a_gpu_the_suite_refuses_unless_asked_for_a_dry_run(tmp_path, mo
     monkeypatch.delenv("FASTBERT_SUITE_ALLOW_CPU", raising=False)
     assert gpu_suite.main([str(tmp_path / "out")]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_the_gpu_commands_parse(ctx, capsys):
+    """The GPU-only arguments never run here: each step's GPU command line is at least parsed
+    by the program it calls (the crossover scripts with ``--list`` added, which stops there)."""
+    import importlib.util
+
+    from fastbert.cli import build_parser
+
+    for step in gpu_suite.STEPS:
+        argv = step.argv(ctx)
+        if argv[1:3] == ["-m", "fastbert.cli"]:
+            build_parser().parse_args(argv[3:])
+        elif argv[1].endswith("_crossover.py"):
+            spec = importlib.util.spec_from_file_location(Path(argv[1]).stem, argv[1])
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            assert module.main([*argv[2:], "--list"]) == 0, step.name
+    assert "points" in capsys.readouterr().out
