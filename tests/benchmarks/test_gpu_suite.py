@@ -8,6 +8,7 @@ import random
 import re
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -65,8 +66,20 @@ def test_a_step_past_its_limit_is_killed_with_its_children(ctx):
     record = gpu_suite.run_step(step, ctx, step.limit_s)
     assert record["timed_out"] and record["exit_code"] == 124 and not record["ok"]
     assert record["seconds"] < 15 and record["outputs"] == {"never.txt": False}
-    child = int(pid_file.read_text())
-    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    child = Path(f"/proc/{int(pid_file.read_text())}")
+    deadline = time.monotonic() + 10  # the signal is delivered at once; exiting may take a moment
+    while _alive_sleep(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive_sleep(child)
+
+
+def _alive_sleep(proc: Path) -> bool:
+    """Whether the /proc entry is still our ``sleep 60``, running (not a zombie, nor a reused pid)."""
+    try:
+        return proc.joinpath("cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", b"60"] and \
+            proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
 
 
 def test_steps_are_independent_and_the_summary_says_what_happened(tmp_path, monkeypatch):
