@@ -1,19 +1,33 @@
-"""Build gate: compile every registered kernel ahead of time for sm_80 and sm_90.
+"""Build gate: compile every registered kernel ahead of time for each CUDA architecture.
 
 For each kernel in :mod:`fastbert.kernels.registry` x each representative variant x
-each autotune config x each architecture, this compiles to a cubin with
-``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` (no GPU or
-driver needed), reads registers, shared memory and local memory (spills) with the
-``cuobjdump`` shipped in Triton's wheel, and checks the SASS for the architecture's
-matrix instructions (``HMMA`` = mma on sm_80, ``HGMMA`` = wgmma on sm_90).
+each autotune config x each architecture (sm_75, sm_80, sm_86, sm_89, sm_90), this
+compiles to a cubin with ``triton.compile(ASTSource(...), target=GPUTarget("cuda",
+arch, 32))`` (no GPU or driver needed), reads registers, shared memory and local
+memory (spills) with the ``cuobjdump`` shipped in Triton's wheel, and, for variants
+that must use tensor cores, checks the SASS for the architecture's matrix
+instructions (``HMMA`` = mma on sm_80/86/89, ``HGMMA`` = wgmma on sm_90).
+
+Coverage: by default every config on sm_75, sm_80, sm_86 and sm_90, and on sm_89 the
+heaviest config of each variant (:data:`DEFAULT_REPRESENTATIVE`); ``--arch all`` compiles
+every config everywhere, ``--representative ARCH`` one per variant for ARCH.
+
+What runs where: :func:`fastbert.kernels.launch.unsupported_reason` decides, for
+dispatch and for this gate alike. On sm_75 Triton has no tensor-core matmul, so the
+attention, linear and sparse kernels are not built there (their ops run PyTorch's
+reference), nor are bfloat16 variants; the row kernels (LayerNorm, embeddings) are,
+in fp16 and fp32. Such combinations are listed as "not built", never as passing.
 
 It fails (nonzero exit) on a compile error, any local memory (spills), shared memory
 over the chip's per-block limit, or a matmul-class variant without its matrix
-instructions. Run it as ``fastbert compile-check`` or
-``python -m fastbert.kernels.compile_check [--arch 90] [--kernel attention] [--json out.json]``.
+instructions. Run it as ``fastbert compile-check [--arch 90] [--kernel attention]
+[--json out.json]`` (or ``python -m fastbert.kernels.compile_check ...``).
 
 Compilation runs in fresh worker processes with ``TRITON_INTERPRET`` unset, since
-under the interpreter ``triton.jit`` yields functions the compiler cannot take.
+under the interpreter ``triton.jit`` yields functions the compiler cannot take. They
+share one Triton cache: ``TRITON_CACHE_DIR`` when set, else a temporary folder
+removed afterwards, so identical specializations compile once per run and nothing
+from an earlier run is reused unless the caller asks for it.
 """
 
 from __future__ import annotations
@@ -28,15 +42,19 @@ import multiprocessing
 import os
 import pkgutil
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Any, Iterator
 
-SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
-"""Largest shared memory one block may use (bytes): A100 163 KB, H100 227 KB."""
-MATRIX_SASS = {80: ("HMMA", "mma"), 90: ("HGMMA", "wgmma")}
+KB = 1024
+SMEM_LIMIT = {75: 64 * KB, 80: 163 * KB, 86: 99 * KB, 89: 99 * KB, 90: 227 * KB}
+"""Largest shared memory one block may use (bytes): T4 64 KB, A100 163 KB, A10/RTX 3090 and
+L4/RTX 4090 99 KB, H100/H200 227 KB."""
+MATRIX_SASS = {80: ("HMMA", "mma"), 86: ("HMMA", "mma"), 89: ("HMMA", "mma"), 90: ("HGMMA", "wgmma")}
+"""The tensor-core instruction a matmul-class variant must use per architecture (SASS opcode, name)."""
 _NOT_KERNEL_MODULES = {"registry", "compile_check"}
 
 
@@ -72,19 +90,54 @@ def load_kernel_modules() -> list[dict]:
     return rows
 
 
-def plan(archs: list[int], name_filters: list[str]) -> list[Job]:
-    """Every (kernel, variant, config, arch) to compile, for kernels matching a filter."""
-    from fastbert.kernels import registry
+def _combinations(archs: list[int], name_filters: list[str]) -> Iterator[tuple[Any, int, Any, int, str | None]]:
+    """(kernel, variant index, variant, arch, reason it is not built or None) for matching kernels."""
+    from fastbert.kernels import launch, registry
 
-    jobs = []
     for entry in registry.kernels():
         if name_filters and not any(f in entry.name for f in name_filters):
             continue
         for vi, variant in enumerate(entry.variants):
+            bf16 = any(value == "*bf16" for value in variant.args.values())
             for arch in archs:
-                for ci in range(len(entry.configs_for(arch, variant))):
-                    jobs.append(Job(entry.module, entry.name, vi, ci, arch))
+                yield entry, vi, variant, arch, launch.unsupported_reason(arch, entry.module, bf16=bf16)
+
+
+def heaviest_config(configs: list) -> int:
+    """Index of the config with the largest tile volume x pipeline depth (product of its int
+    meta-parameters x ``num_stages``; first on ties): the one most likely to spill or run out
+    of shared memory, which is what a representative compile must catch."""
+    def footprint(config) -> int:
+        volume = 1
+        for value in config.kwargs.values():
+            if isinstance(value, int) and not isinstance(value, bool):
+                volume *= value
+        return volume * max(config.num_stages, 1)
+
+    sizes = [footprint(c) for c in configs]
+    return sizes.index(max(sizes))
+
+
+def plan(archs: list[int], name_filters: list[str], representative: tuple[int, ...] = ()) -> list[Job]:
+    """Every (kernel, variant, config, arch) to compile, for kernels matching a filter, leaving
+    out what cannot run on an architecture (:func:`not_built`). Archs in ``representative``
+    get one config per variant, the heaviest (:func:`heaviest_config`)."""
+    jobs = []
+    for entry, vi, variant, arch, reason in _combinations(archs, name_filters):
+        if reason is None:
+            configs = entry.configs_for(arch, variant)
+            chosen = [heaviest_config(configs)] if arch in representative else range(len(configs))
+            jobs += [Job(entry.module, entry.name, vi, ci, arch) for ci in chosen]
     return jobs
+
+
+def not_built(archs: list[int], name_filters: list[str]) -> list[dict]:
+    """The (kernel, variant, arch) combinations left out of the plan, each with the reason."""
+    return [
+        {"kernel": entry.name, "variant": variant.label, "arch": f"sm_{arch}", "reason": reason}
+        for entry, _, variant, arch, reason in _combinations(archs, name_filters)
+        if reason is not None
+    ]
 
 
 def _signature(fn: Any, args: dict, config_kwargs: dict) -> tuple[dict, dict, dict]:
@@ -129,19 +182,24 @@ def _cuobjdump() -> str:
     return path
 
 
-def inspect_cubin(cubin: bytes) -> dict:
-    """Registers, static shared and local memory (spills) and matrix instructions of a cubin."""
+def inspect_cubin(cubin: bytes, sass: bool = True) -> dict:
+    """Registers, static shared and local memory (spills) of a cubin and, when ``sass``, the
+    matrix instructions in its SASS (disassembling costs about as much as compiling, so
+    the gate does it only for variants that must use tensor cores; else ``matrix`` is None)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        usage = subprocess.run([_cuobjdump(), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
-        sass = subprocess.run([_cuobjdump(), "-sass", f.name], capture_output=True, text=True, check=True).stdout
-    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage)
+        flags = ["-res-usage", "-sass"] if sass else ["-res-usage"]
+        out = subprocess.run([_cuobjdump(), *flags, f.name], capture_output=True, text=True, check=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
     if m is None:
-        raise RuntimeError(f"cannot parse cuobjdump -res-usage output:\n{usage}")
+        raise RuntimeError(f"cannot parse cuobjdump -res-usage output:\n{out[:2000]}")
     regs, stack, shared, local = map(int, m.groups())
-    found = [name for opcode, name in (("HGMMA", "wgmma"), ("HMMA", "mma")) if re.search(rf"\b{opcode}\.", sass)]
-    return {"regs": regs, "static_smem": shared, "local": stack + local, "matrix": "+".join(found) or "-"}
+    found = None
+    if sass:
+        names = [name for opcode, name in (("HGMMA", "wgmma"), ("HMMA", "mma")) if re.search(rf"\b{opcode}\.", out)]
+        found = "+".join(names) or "-"
+    return {"regs": regs, "static_smem": shared, "local": stack + local, "matrix": found}
 
 
 def compile_one(job: Job) -> dict:
@@ -174,22 +232,23 @@ def compile_one(job: Job) -> dict:
         src = ASTSource(fn=entry.fn, signature=signature, constexprs=constexprs, attrs=attrs)
         options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
         compiled = triton.compile(src, target=GPUTarget("cuda", job.arch, 32), options=options)
-        info = inspect_cubin(compiled.asm["cubin"])
+        info = inspect_cubin(compiled.asm["cubin"], sass=variant.matrix)
     except Exception as e:  # the gate reports every failure instead of stopping at the first
         row["status"] = f"FAIL compile: {_first_line(e)}"
         row["seconds"] = round(time.perf_counter() - start, 2)
         return row
     row["seconds"] = round(time.perf_counter() - start, 2)
     row.update(regs=info["regs"], smem=compiled.metadata.shared + info["static_smem"], local=info["local"])
-    row["matrix"] = info["matrix"]
+    row["matrix"] = info["matrix"] or "n/a"
     problems = []
     if info["local"] > 0:
         problems.append(f"spills ({info['local']} B local memory)")
     if row["smem"] > SMEM_LIMIT[job.arch]:
         problems.append(f"shared memory {row['smem']} B > {SMEM_LIMIT[job.arch]} B")
-    opcode, needed = MATRIX_SASS[job.arch]
-    if variant.matrix and needed not in info["matrix"].split("+"):
-        problems.append(f"no {needed} ({opcode}) instructions")
+    if variant.matrix:
+        opcode, needed = MATRIX_SASS[job.arch]
+        if needed not in info["matrix"].split("+"):
+            problems.append(f"no {needed} ({opcode}) instructions")
     if problems:
         row["status"] = "FAIL " + "; ".join(problems)
     return row
@@ -197,13 +256,24 @@ def compile_one(job: Job) -> dict:
 
 @contextlib.contextmanager
 def _compiler_environment() -> Iterator[None]:
-    """Workers spawned inside this block run Triton's real compiler, not the interpreter."""
-    saved = os.environ.pop("TRITON_INTERPRET", None)
+    """Workers spawned inside this block run Triton's real compiler, not the interpreter, and
+    share one Triton cache (``TRITON_CACHE_DIR``, else a temporary folder for this block)."""
+    saved = {name: os.environ.get(name) for name in ("TRITON_INTERPRET", "TRITON_CACHE_DIR")}
+    os.environ.pop("TRITON_INTERPRET", None)
+    scratch = None
+    if not saved["TRITON_CACHE_DIR"]:
+        scratch = tempfile.mkdtemp(prefix="fastbert-gate-cache-")
+        os.environ["TRITON_CACHE_DIR"] = scratch
     try:
         yield
     finally:
-        if saved is not None:
-            os.environ["TRITON_INTERPRET"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
@@ -224,41 +294,104 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([fmt(columns), fmt(["-" * w for w in widths])] + [fmt(line) for line in cells])
 
 
-def _parse_arch(value: str) -> int:
-    arch = int(value.lower().removeprefix("sm_").removeprefix("sm"))
+def parse_arch(value: str) -> list[int]:
+    """``"90"``, ``"sm_90"`` or ``"all"`` -> the architectures it names (argparse type)."""
+    from fastbert.kernels import registry
+
+    if value.strip().lower() == "all":
+        return list(registry.ARCHS)
+    try:
+        arch = int(value.strip().lower().removeprefix("sm_").removeprefix("sm"))
+    except ValueError:
+        arch = None
     if arch not in SMEM_LIMIT:
-        raise argparse.ArgumentTypeError(f"unsupported arch {value!r}; choose from sm_80, sm_90")
-    return arch
+        choices = ", ".join(f"sm_{a}" for a in registry.ARCHS)
+        raise argparse.ArgumentTypeError(f"unsupported arch {value!r}; choose from {choices} or all")
+    return [arch]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the build gate; print the table; return 0 when every row passes, 1 otherwise."""
-    parser = argparse.ArgumentParser(prog="fastbert compile-check", description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", action="append", type=_parse_arch, help="80/sm_80 or 90/sm_90 (repeatable; default both)")
+DEFAULT_REPRESENTATIVE = (89,)
+"""Archs the plain gate compiles with representative configs only (one per variant, the
+heaviest): sm_89 gets sm_86's configs and Triton's code path for it (mma, 99 KB of shared
+memory), so the full sweep there would repeat sm_86's at CI's expense. ``--arch all``
+compiles every config everywhere."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The gate's options, shared by ``fastbert compile-check`` and ``python -m``."""
+    parser.add_argument("--arch", action="extend", type=parse_arch,
+                        help="75/sm_75, 80, 86, 89, 90, or all: every config (repeatable; default: every arch, "
+                        f"sm_{'/'.join(map(str, DEFAULT_REPRESENTATIVE))} representative)")
+    parser.add_argument("--representative", action="extend", type=parse_arch, default=[], metavar="ARCH",
+                        help="also this arch, one config per variant: the heaviest (repeatable)")
     parser.add_argument("--kernel", action="append", default=[], help="only kernels whose name contains this (repeatable)")
-    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows and the summary as JSON to PATH")
     parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)), help="parallel compiler processes")
-    args = parser.parse_args(argv)
-    archs = sorted(set(args.arch or SMEM_LIMIT))
 
+
+def coverage(args: argparse.Namespace) -> tuple[list[int], tuple[int, ...]]:
+    """(archs, the ones compiled representatively) from parsed options."""
+    from fastbert.kernels import registry
+
+    if not args.arch and not args.representative:
+        return list(registry.ARCHS), DEFAULT_REPRESENTATIVE
+    representative = tuple(sorted(set(args.representative)))
+    return sorted(set(args.arch or []) | set(representative)), representative
+
+
+def summarize(rows: list[dict], skipped: list[dict], archs: list[int], representative: tuple[int, ...] = ()) -> dict:
+    """Per architecture: coverage, compilations, passed, failed, and variants not built (by reason)."""
+    per_arch = {}
+    for arch in archs:
+        name = f"sm_{arch}"
+        mine = [r for r in rows if r["arch"] == name]
+        failed = sum(r["status"] != "ok" for r in mine)
+        reasons: dict[str, int] = {}
+        for s in skipped:
+            if s["arch"] == name:
+                reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+        per_arch[name] = {"coverage": "representative" if arch in representative else "full", "compiled": len(mine),
+                          "ok": len(mine) - failed, "failed": failed, "not_built": reasons}
+    return per_arch
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the gate for parsed options; print the table; 0 when every row passes, 1 otherwise."""
+    archs, representative = coverage(args)
     import_failures = load_kernel_modules()
-    jobs = plan(archs, args.kernel)
-    if not jobs and not import_failures:
+    jobs = plan(archs, args.kernel, representative)
+    skipped = not_built(archs, args.kernel)
+    if not jobs and not import_failures and not skipped:
         print(f"compile-check: no registered kernel matches {args.kernel}", file=sys.stderr)
         return 1
     start = time.perf_counter()
     rows = import_failures + run_jobs(jobs, max(1, min(args.jobs, len(jobs))))
+    seconds = time.perf_counter() - start
     failed = [r for r in rows if r["status"] != "ok"]
+    per_arch = summarize(rows, skipped, archs, representative)
     print(format_table(rows))
+    print()
+    for name, counts in per_arch.items():
+        left_out = "; ".join(f"{n} variants not built: {reason}" for reason, n in counts["not_built"].items())
+        print(f"{name} ({counts['coverage']}): {counts['ok']} ok, {counts['failed']} failed" + (f" ({left_out})" if left_out else ""))
     kernels = len({r["kernel"] for r in rows})
-    print(
-        f"\n{len(rows)} compilations ({kernels} kernels x variants x configs x {len(archs)} archs) in "
-        f"{time.perf_counter() - start:.0f} s: {len(rows) - len(failed)} ok, {len(failed)} failed"
-    )
+    print(f"{len(rows)} compilations ({kernels} kernels x variants x configs x {len(archs)} archs) in "
+          f"{seconds:.0f} s: {len(rows) - len(failed)} ok, {len(failed)} failed")
     if args.json:
+        import triton
+
+        report = {"triton": triton.__version__, "archs": [f"sm_{a}" for a in archs], "seconds": round(seconds, 1),
+                  "summary": per_arch, "rows": rows, "not_built": skipped}
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump(report, f, indent=1)
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fastbert.kernels.compile_check``: parse options, run the gate."""
+    parser = argparse.ArgumentParser(prog="fastbert compile-check", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

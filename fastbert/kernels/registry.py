@@ -14,8 +14,17 @@ from typing import Any, Callable, Mapping, Sequence
 
 import triton
 
-ARCHS = (80, 90)
-"""CUDA architectures the gate compiles for (``sm_80``: A100, ``sm_90``: H100/H200)."""
+ARCHS = (75, 80, 86, 89, 90)
+"""CUDA architectures the gate compiles for: ``sm_75`` (T4), ``sm_80`` (A100), ``sm_86``
+(A10, RTX 3090), ``sm_89`` (L4, RTX 4090), ``sm_90`` (H100/H200)."""
+
+
+def config_family(arch: int) -> int:
+    """Which config table a CUDA architecture (``major * 10 + minor``) uses: 90 on Hopper,
+    80 on every other chip. The 80 tables must therefore fit the smallest of them: 99 KB of
+    shared memory per block (sm_86, sm_89) and no spills on any (the build gate checks);
+    sm_75 runs only the row kernels (:func:`fastbert.kernels.launch.unsupported_reason`)."""
+    return 90 if arch // 10 == 9 else 80
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +58,9 @@ class Kernel:
     configs: Callable[..., Sequence[triton.Config]]
 
     def configs_for(self, arch: int, variant: Variant) -> list[triton.Config]:
-        """The autotune configs the launcher tries for ``variant``'s key on ``arch``."""
-        return list(self.configs(arch, **variant.tuning_key))
+        """The autotune configs the launcher tries for ``variant``'s key on ``arch`` (any CUDA
+        architecture: its :func:`config_family` picks the table)."""
+        return list(self.configs(config_family(arch), **variant.tuning_key))
 
 
 _KERNELS: dict[str, Kernel] = {}
@@ -65,8 +75,8 @@ def kernel(
 ) -> Callable[[Callable], Any]:
     """Decorator: ``triton.jit`` the function and register it for the build gate.
 
-    ``configs(arch, **variant.tuning_key)`` returns the autotune configs for a CUDA
-    architecture (80 or 90). ``jit_kwargs`` go to ``triton.jit``.
+    ``configs(family, **variant.tuning_key)`` returns the autotune configs for a config
+    family (80 or 90: see :func:`config_family`). ``jit_kwargs`` go to ``triton.jit``.
     """
     if not variants:
         raise ValueError("a kernel needs at least one Variant for the build gate")
@@ -93,6 +103,13 @@ def get(name: str) -> Kernel:
         return _KERNELS[name]
     except KeyError:
         raise KeyError(f"no kernel named {name!r}; registered: {sorted(_KERNELS)}") from None
+
+
+def uses_matrix_instructions(module: str) -> bool:
+    """Whether any kernel registered by ``module`` has a variant that must use tensor-core
+    matrix instructions (``Variant.matrix``): such a module needs an architecture on
+    which Triton emits them."""
+    return any(v.matrix for k in _KERNELS.values() if k.module == module for v in k.variants)
 
 
 def config_label(config: triton.Config) -> str:

@@ -10,6 +10,11 @@ Rules (DESIGN.md):
   which implementation ran.
 - Triton implementations live in ``fastbert/ops/<op>_triton.py`` and are imported on
   the first call that selects Triton, so ``import fastbert`` never imports triton.
+- Architecture fallback: on a GPU where an op's kernels cannot run
+  (:func:`fastbert.kernels.launch.unsupported_reason`: older than sm_75; the
+  matmul-class ops on sm_75, where Triton has no tensor-core dots; bfloat16 before
+  sm_80) the op runs its reference instead, with one ``RuntimeWarning`` per op and
+  reason. The build gate compiles exactly the combinations that are not left out.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import contextlib
 import functools
 import importlib
 import os
+import warnings
 from typing import Callable, Iterator
 
 import torch
@@ -34,8 +40,18 @@ TRITON_MODULES = {
     "linear": "fastbert.ops.linear_triton",
     "embeddings": "fastbert.ops.embeddings_triton",
 }
+# op -> the fastbert.kernels module whose kernels its Triton implementation launches
+KERNEL_MODULES = {
+    "attention": "fastbert.kernels.attention",
+    "add_layernorm": "fastbert.kernels.layernorm",
+    "linear": "fastbert.kernels.linear",
+    "embeddings": "fastbert.kernels.embeddings",
+    "sparse_linear": "fastbert.kernels.sparse",
+}
 _TRIED_IMPORT: set[str] = set()
 _RECORDERS: list[list[tuple[str, str]]] = []
+_WARNED: set[tuple[str, str]] = set()
+_ARCH_REASONS: dict[tuple[str, int], tuple[str | None, str | None]] = {}
 
 
 @functools.lru_cache(maxsize=1)
@@ -95,9 +111,58 @@ def implementation(op: str, device: torch.device) -> Callable:
         _import_triton_implementation(op)
     if backend not in impls:
         backend = "torch"
+    if backend == "triton" and device.type == "cuda" and op in KERNEL_MODULES:
+        guarded = _arch_guard(op, device, impls)
+        if guarded is not None:
+            return guarded
+    _record(op, backend)
+    return impls[backend]
+
+
+def _record(op: str, backend: str) -> None:
     for log in _RECORDERS:
         log.append((op, backend))
-    return impls[backend]
+
+
+def _capability(device: torch.device) -> int:
+    """``major * 10 + minor`` of a CUDA device (tests monkeypatch this to play other GPUs)."""
+    from fastbert.kernels import launch
+
+    return launch.capability(device)
+
+
+def _fallback(op: str, reason: str, reference: Callable) -> Callable:
+    """The reference, after warning once per (op, reason) that the Triton kernels cannot run."""
+    if (op, reason) not in _WARNED:
+        _WARNED.add((op, reason))
+        warnings.warn(f"fastbert: {op} runs its PyTorch reference on this GPU: {reason}", RuntimeWarning, stacklevel=4)
+    _record(op, "torch")
+    return reference
+
+
+def _arch_guard(op: str, device: torch.device, impls: dict[str, Callable]) -> Callable | None:
+    """The reference (or a dtype-checking wrapper) where ``op``'s kernels cannot run on this
+    GPU's architecture; None where they all can."""
+    arch = _capability(device)
+    if (op, arch) not in _ARCH_REASONS:  # decided once per op and architecture: this runs on every call
+        from fastbert.kernels import launch
+
+        module = KERNEL_MODULES[op]
+        _ARCH_REASONS[(op, arch)] = (launch.unsupported_reason(arch, module), launch.unsupported_reason(arch, module, bf16=True))
+    reason, bf16_reason = _ARCH_REASONS[(op, arch)]
+    if reason is not None:
+        return _fallback(op, reason, impls["torch"])
+    if bf16_reason is None:
+        return None
+
+    def by_dtype(*args, **kwargs):
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if any(t.dtype == torch.bfloat16 for t in tensors):
+            return _fallback(op, bf16_reason, impls["torch"])(*args, **kwargs)
+        _record(op, "triton")
+        return impls["triton"](*args, **kwargs)
+
+    return by_dtype
 
 
 def _import_triton_implementation(op: str) -> None:
