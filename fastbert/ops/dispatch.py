@@ -1,6 +1,6 @@
 """Backend choice for every op: Triton kernels or the plain-PyTorch reference.
 
-Rules (DESIGN.md):
+Rules (docs/ARCHITECTURE.md, "The op contract"):
 - ``FASTBERT_BACKEND=torch`` or ``=triton`` forces one backend for every op;
   ``auto`` or unset chooses per call.
 - ``auto``: Triton when the inputs are CUDA tensors (or when ``TRITON_INTERPRET=1``,
@@ -43,6 +43,7 @@ TRITON_MODULES = {
 # op -> the fastbert.kernels module whose kernels its Triton implementation launches
 KERNEL_MODULES = {
     "attention": "fastbert.kernels.attention",
+    "varlen_attention": "fastbert.kernels.attention",
     "add_layernorm": "fastbert.kernels.layernorm",
     "linear": "fastbert.kernels.linear",
     "embeddings": "fastbert.kernels.embeddings",
