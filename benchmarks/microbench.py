@@ -100,9 +100,9 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 def write_results(path: str, dev: torch.device, rows: list[dict], **extra) -> None:
     """Rows plus metadata (device, versions, commit, date, ``measured_on_gpu``) as JSON."""
-    from fastbert.bench import metadata
+    from fastbert.bench.report import collect_metadata
 
-    meta = metadata.collect(dev) | {"timer": timer_name(dev)} | extra
+    meta = collect_metadata(dev) | {"timer": timer_name(dev)} | extra
     if not meta["measured_on_gpu"]:
         meta["label"] = "CPU dry run: not GPU results"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -56,13 +56,18 @@ def fake_run(tmp_path: Path, on_gpu: bool = True, seed: int = 0, cpu_files: tupl
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-        table = (REPO / "fastbert" / "kernels" / "linear_table.py").read_text()
-        measured = table.replace("TABLE: dict[int, list[Entry]] = {}", f"TABLE: dict[int, list[Entry]] = {{90: [{seed}]}}")
-        info = tarfile.TarInfo("tables/linear_table.py")
-        info.size = len(measured.encode())
-        tar.addfile(info, io.BytesIO(measured.encode()))
+        # The crossover step's results and its rewritten table: the committed table plus sm_90 entries,
+        # and an sm_80 entry the run's checkout had (stale: the ingest must copy only sm_90).
+        table = json.loads((REPO / "fastbert" / "data" / "linear_crossover.json").read_text())
+        table["table"] |= {"80": [{"stale": True}], "90": [{"measured": seed}]}
+        results = {"meta": {"gpu": "NVIDIA H200", "arch": 90}, "rows": [{"measured": seed}]}
+        for name, content in (("tables/linear_crossover.json", table), ("linear_crossover.json", results)):
+            data = json.dumps(content).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
     steps = [{"name": name, "exit_code": 0, "timed_out": False, "seconds": 1.0, "limit_s": 20, "outputs": {out: True}, "ok": True}
-             for name, out in (("env", "env.json"), ("linear-crossover", "tables/linear_table.py"))]
+             for name, out in (("env", "env.json"), ("linear-crossover", "tables/linear_crossover.json"))]
     summary = {"measured_on_gpu": on_gpu, "dry_run": not on_gpu, "started_utc": f"{DATE}T10:00:00+00:00", "seconds": 400.0,
                "budget_s": 540.0, "steps": steps, "env": env}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary))
@@ -71,16 +76,19 @@ def fake_run(tmp_path: Path, on_gpu: bool = True, seed: int = 0, cpu_files: tupl
 
 @pytest.fixture
 def repo_copy(tmp_path):
-    """A README with the markers and a kernels folder, copied so the real ones stay untouched."""
+    """A README with the markers and a data folder with the linear table (holding an sm_80
+    entry of its own), copied so the real ones stay untouched."""
     root = tmp_path / "repo"
-    (root / "kernels").mkdir(parents=True)
+    (root / "data").mkdir(parents=True)
     shutil.copy(REPO / "README.md", root / "README.md")
-    shutil.copy(REPO / "fastbert" / "kernels" / "linear_table.py", root / "kernels" / "linear_table.py")
+    table = json.loads((REPO / "fastbert" / "data" / "linear_crossover.json").read_text())
+    table["table"]["80"] = [{"committed": True}]
+    (root / "data" / "linear_crossover.json").write_text(json.dumps(table))
     return root
 
 
 def _ingest(out, root, **kw):
-    return ingest.ingest(out, root / "results", root / "README.md", kernels_dir=root / "kernels", **kw)
+    return ingest.ingest(out, root / "results", root / "README.md", data_dir=root / "data", **kw)
 
 
 def test_a_gpu_run_becomes_a_results_folder_and_the_readme_table(tmp_path, repo_copy):
@@ -140,12 +148,13 @@ def test_a_cpu_run_is_refused_unless_allowed_and_then_labelled(tmp_path, repo_co
         _ingest(out, repo_copy, allow_cpu=True, name="x", tables=True)
 
 
-def test_apply_tables_copies_the_measured_block(tmp_path, repo_copy):
+def test_apply_tables_copies_the_measured_architecture(tmp_path, repo_copy):
+    before = json.loads((repo_copy / "data" / "linear_crossover.json").read_text())
     _ingest(fake_run(tmp_path, seed=7), repo_copy, allow_cpu=False, tables=True)
-    table = (repo_copy / "kernels" / "linear_table.py").read_text()
-    assert "TABLE: dict[int, list[Entry]] = {90: [7]}" in table
-    original = (REPO / "fastbert" / "kernels" / "linear_table.py").read_text()
-    assert table.replace("{90: [7]}", "{}") == original  # nothing else changed
+    after = json.loads((repo_copy / "data" / "linear_crossover.json").read_text())
+    assert after["table"]["90"] == [{"measured": 7}]
+    assert after["table"]["80"] == [{"committed": True}]  # the run's stale sm_80 copy is not applied
+    assert {k: v for k, v in after.items() if k != "table"} == {k: v for k, v in before.items() if k != "table"}
 
 
 def test_a_failed_sweep_leaves_its_table_alone(tmp_path, repo_copy):
@@ -153,8 +162,9 @@ def test_a_failed_sweep_leaves_its_table_alone(tmp_path, repo_copy):
     summary = json.loads((out / "summary.json").read_text())
     summary["steps"][1] |= {"exit_code": 124, "timed_out": True, "ok": False}
     (out / "summary.json").write_text(json.dumps(summary))
+    before = (repo_copy / "data" / "linear_crossover.json").read_text()
     _ingest(out, repo_copy, allow_cpu=False, tables=True)
-    assert (repo_copy / "kernels" / "linear_table.py").read_text() == (REPO / "fastbert" / "kernels" / "linear_table.py").read_text()
+    assert (repo_copy / "data" / "linear_crossover.json").read_text() == before
 
 
 def test_bad_input_is_a_one_line_refusal(tmp_path, repo_copy, capsys):
