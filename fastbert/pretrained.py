@@ -5,11 +5,10 @@ Which pruned checkpoints load where:
 - unstructured, block, N:M (2:4) pruning and uniform neuron pruning (the same number of FFN
   neurons in every layer): plain ``transformers`` loads them (zeros are ordinary weights; the
   config's intermediate size is the pruned one);
-- removed attention heads, or neuron counts that differ between layers: the config records
-  the layer shapes (``fastbert_pruned``, :mod:`fastbert.prune.structure`) and the matrices
-  are smaller than the config's dense sizes, so plain ``transformers`` fails (size
-  mismatch); this loader builds the model, shrinks its layers to the recorded shapes and
-  loads the weights.
+- removed attention heads, or neuron counts that differ between layers: ``config.json``
+  holds per-layer size lists (:mod:`fastbert.prune.structure`), which plain
+  ``transformers`` refuses with its own error; this loader builds the dense model, shrinks
+  its layers to the recorded shapes and loads the weights.
 
 Works with transformers 4.48 and 5.x (no ``prune_heads`` is needed).
 """
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from fastbert.optimize import optimize
-from fastbert.prune.structure import STRUCTURE_KEY, apply_structure
+from fastbert.prune.structure import apply_structure, read_config
 
 
 def task_model_class(config):
@@ -46,18 +45,17 @@ def from_pretrained(path, cls=None, *, unpad: bool | str = "auto") -> nn.Module:
     """The checkpoint in folder ``path`` as ``cls`` (a transformers model class or Auto class;
     default: the class its config names), optimized by :func:`fastbert.optimize` and in eval mode.
 
-    Checkpoints whose config records pruned heads or per-layer neuron counts
-    (``fastbert_pruned``) are rebuilt at those shapes; others load through ``cls.from_pretrained``.
+    Checkpoints whose config records pruned heads or per-layer neuron counts are rebuilt at
+    those shapes; others load through ``cls.from_pretrained``.
     ValueError when ``path`` is not a checkpoint folder or its weights do not fit.
     """
-    from transformers import AutoConfig, PreTrainedModel
+    from transformers import PreTrainedModel
 
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise ValueError(f"path must be a checkpoint folder with a config.json, got {str(path)!r}")
-    config = AutoConfig.from_pretrained(folder)
+    config, structure = read_config(folder)
     cls = cls or task_model_class(config)
-    structure = getattr(config, STRUCTURE_KEY, None)
     if structure is None:
         return optimize(cls.from_pretrained(folder), unpad=unpad).eval()
     is_concrete = isinstance(cls, type) and issubclass(cls, PreTrainedModel)
@@ -89,8 +87,9 @@ def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
 def _load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     expected = model.state_dict()
     prefix = getattr(model, "base_model_prefix", "") + "."
-    if not set(state) & set(expected) and all(k.startswith(prefix) for k in state):
-        state = {k[len(prefix):]: v for k, v in state.items()}  # a task checkpoint loaded as its base model
+    if not set(state) & set(expected) and any(k.startswith(prefix) for k in state):
+        # a task checkpoint loaded as its base model: the head's weights are not used
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     for key, value in state.items():
         if key in expected and expected[key].shape != value.shape:
             raise ValueError(f"checkpoint weight {key} has shape {tuple(value.shape)}, the model expects "
