@@ -103,9 +103,10 @@ class Distiller:
         if zs is None or zt is None:
             raise ValueError("logits_weight > 0 needs task models that return logits")
         T = self.temperature
-        log_p = F.log_softmax(zs.float() / T, dim=-1)
-        q = F.softmax(zt.float() / T, dim=-1)
-        return F.kl_div(log_p.flatten(0, -2), q.flatten(0, -2), reduction="batchmean") * T * T
+        # float64: the KL of two close distributions is a small difference of large terms
+        log_p = F.log_softmax(zs.double() / T, dim=-1).flatten(0, -2)
+        log_q = F.log_softmax(zt.double() / T, dim=-1).flatten(0, -2)
+        return (F.kl_div(log_p, log_q, reduction="batchmean", log_target=True) * T * T).to(zs.dtype)
 
     def trainer_callback(self):
         """A ``transformers.TrainerCallback`` making the Trainer optimize this distillation loss.

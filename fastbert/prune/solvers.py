@@ -126,27 +126,28 @@ def sparsegpt(
 
 
 @torch.no_grad()
-def refit(weight: torch.Tensor, target: torch.Tensor, H: torch.Tensor, keep: torch.Tensor, steps: int = 30) -> torch.Tensor:
+def refit(weight: torch.Tensor, target: torch.Tensor, H: torch.Tensor, keep: torch.Tensor, steps: int = 30,
+          dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Kept weights minimizing ``tr((W - target) H (W - target)^T)`` over the support ``keep``.
 
     Conjugate gradients restricted to the kept entries, all rows at once, from ``weight``
-    (already supported on ``keep``); float64.
+    (already supported on ``keep``), iterating in ``dtype``; returns float64.
     """
-    W = weight.double() * keep
-    target = target.double()
-    mask = keep.double()
+    H, mask = H.to(dtype), keep.to(dtype)
+    W, target = weight.to(dtype) * mask, target.to(dtype)
     r = -((W - target) @ H) * mask  # negative gradient / 2, per row
     p = r.clone()
     rs = (r * r).sum(1, keepdim=True)
+    tiny = torch.finfo(dtype).tiny
     for _ in range(steps):
         Hp = (p @ H) * mask
-        alpha = rs / (p * Hp).sum(1, keepdim=True).clamp_min(1e-300)
+        alpha = rs / (p * Hp).sum(1, keepdim=True).clamp_min(tiny)
         W += alpha * p
         r -= alpha * Hp
         rs_new = (r * r).sum(1, keepdim=True)
-        p = r + (rs_new / rs.clamp_min(1e-300)) * p
+        p = r + (rs_new / rs.clamp_min(tiny)) * p
         rs = rs_new
-    return W * keep
+    return (W * mask).double()
 
 
 @torch.no_grad()

@@ -93,7 +93,7 @@ def _problem(rows=24, cols=40, tokens=300, seed=5):
 def test_refit_is_the_least_squares_solution_on_the_kept_weights():
     w, x = _problem()
     keep = torch.rand(w.shape, generator=torch.Generator().manual_seed(6)) > 0.5
-    got = refit(w * keep, w, x.T @ x, keep, steps=200)
+    got = refit(w * keep, w, x.T @ x, keep, steps=200, dtype=torch.float64)
     for r in range(w.shape[0]):
         cols = keep[r].nonzero().flatten()
         sol = torch.linalg.lstsq(x[:, cols], x @ w[r]).solution
