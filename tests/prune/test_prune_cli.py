@@ -141,6 +141,7 @@ def test_calibration_arguments_are_checked_first(tmp_path, capsys, extra, match)
     _, _, texts = _tokenizer_checkpoint(tmp_path)
     (tmp_path / "empty.txt").write_text("\n  \n")
     swap = {"CAL": str(texts), "MISSING": str(tmp_path / "nope.txt"), "EMPTY": str(tmp_path / "empty.txt")}
+    capsys.readouterr()  # the set-up's own output
     argv = ["prune", str(tmp_path / "ckpt"), "--sparsity", "0.5", *[swap.get(a, a) for a in extra],
             "--out", str(tmp_path / "out")]
     assert main(argv) == 2
