@@ -133,7 +133,6 @@ def test_calibrated_method_from_a_text_file(tmp_path, capsys):
     (["--calibration", "CAL"], "calibrated methods"),
     (["--method", "wanda", "--calibration", "MISSING"], "cannot be read"),
     (["--method", "wanda", "--calibration", "EMPTY"], "holds no text"),
-    (["--method", "obs"], "invalid choice"),
     (["--pattern", "3:2"], "pattern"),
     (["--method", "wanda", "--calibration", "CAL", "--calibration-batch-size", "0"], "at least 1"),
 ])
