@@ -45,8 +45,8 @@ METHODS = {  # name: (method, options or None, scope)
     "magnitude": ("magnitude", None, "layer"),
     "wanda (plain)": ("wanda", CalibratedOptions.plain("wanda"), "layer"),
     "sparsegpt (plain)": ("sparsegpt", CalibratedOptions.plain("sparsegpt"), "layer"),
-    "wanda (fastbert)": ("wanda", CalibratedOptions(), "global"),
-    "sparsegpt (fastbert)": ("sparsegpt", CalibratedOptions(), "global"),
+    "wanda (fastbert)": ("wanda", CalibratedOptions(), "layer"),
+    "sparsegpt (fastbert)": ("sparsegpt", CalibratedOptions(), "layer"),
 }
 SWEEP = {  # pattern: (sparsities, methods)
     "unstructured": ((0.3, 0.5, 0.7), tuple(METHODS)),
@@ -124,10 +124,11 @@ def recover(model, dense, data: Data, steps: int, lr: float, pruner=None) -> flo
 
 
 def gradual_block(dense, data: Data, sparsity: float, steps: int, lr: float):
-    """Block 32x32 pruning raised gradually (SparseGPT scores on the calibration set) during distillation."""
+    """Block 32x32 pruning raised gradually (Wanda scores on the calibration set, recomputed at each
+    event) during distillation."""
     model = copy.deepcopy(dense)
     pruner = GradualPruner(model, sparsity, start_step=0, end_step=max(1, 2 * steps // 3), frequency=max(1, steps // 15),
-                           pattern="block", block_size=32, scope="layer", method="sparsegpt",
+                           pattern="block", block_size=32, scope="layer", method="wanda",
                            calibration=data.calibration)
     seconds = recover(model, dense, data, steps, lr, pruner)
     return model, seconds, pruner.last_report
@@ -175,7 +176,7 @@ def main(argv=None) -> None:
         rows.append(_recovered_row(data, model, pattern, recover_patterns[pattern], name, seconds, args))
     if "block" in recover_patterns:
         model, seconds, _ = gradual_block(dense, data, recover_patterns["block"], args.recovery_steps, args.lr)
-        rows.append(_recovered_row(data, model, "block", recover_patterns["block"], "sparsegpt (fastbert), gradual",
+        rows.append(_recovered_row(data, model, "block", recover_patterns["block"], "wanda, gradual + distillation",
                                    seconds, args))
 
     out = Path(args.out)

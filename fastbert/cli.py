@@ -65,7 +65,9 @@ def _prune_arguments(p: argparse.ArgumentParser) -> None:
                    "checkpoint's tokenizer (for --method wanda/sparsegpt)")
     p.add_argument("--calibration-batch-size", type=int, default=16, help="texts per calibration batch (default 16)")
     p.add_argument("--quiet", action="store_true", help="no calibration progress on stderr")
-    p.add_argument("--scope", default="global", choices=["global", "layer"])
+    p.add_argument("--scope", default=None, choices=["global", "layer"],
+                   help="one ranking over all matrices (global) or each to the target (layer); default global for "
+                   "magnitude, layer for wanda/sparsegpt")
     p.add_argument("--block-size", type=int, default=32, choices=[16, 32, 64])
     p.add_argument("--layers", type=int, nargs="+", help="only these layer indices")
     p.add_argument("--out", help="directory for the pruned model (save_pretrained) and prune_report.json; "

@@ -50,7 +50,7 @@ class CalibratedOptions:
     sequential: bool = True
     dense_target: bool = True
     bias: bool = True
-    mask: str = "wanda"
+    mask: str = "obs-row"
     refit: bool = True
     dampening: float = 0.01
     ridge: float = 1.0

@@ -40,6 +40,11 @@ def check_pattern(pattern) -> None:
         raise ValueError(f"pattern must be one of {PATTERNS} or 'N:M' (e.g. '1:4', '4:8'), got {pattern!r}")
 
 
+def default_scope(method: str) -> str:
+    """``"global"`` for magnitude pruning, ``"layer"`` for the calibrated methods."""
+    return "layer" if method in CALIBRATED else "global"
+
+
 def check_scope(scope: str) -> None:
     """ValueError unless ``scope`` is one of :data:`SCOPES`."""
     if scope not in SCOPES:

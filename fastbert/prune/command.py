@@ -16,7 +16,7 @@ from pathlib import Path
 import fastbert
 from fastbert.cli_args import checkpoint_config, checkpoint_dir, load_checkpoint, output_dir, quiet_transformers
 from fastbert.pretrained import task_model_class
-from fastbert.prune.checks import CALIBRATED, check_options
+from fastbert.prune.checks import CALIBRATED, check_options, default_scope
 from fastbert.prune.structure import STRUCTURE_KEY
 
 
@@ -80,7 +80,7 @@ def run_prune_command(args) -> int:
     ValueError/TypeError: exit 2)."""
     source = checkpoint_dir(args.model_dir, "MODEL_DIR")
     out = _out_dir(args, source)  # before any work
-    check_options(args.sparsity, args.pattern, args.method, args.scope, args.block_size)
+    check_options(args.sparsity, args.pattern, args.method, args.scope or default_scope(args.method), args.block_size)
     texts = read_calibration_texts(args.calibration, args.method)
     if args.calibration_batch_size < 1:
         raise ValueError(f"--calibration-batch-size must be at least 1, got {args.calibration_batch_size}")

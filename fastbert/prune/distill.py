@@ -31,7 +31,7 @@ class Distiller:
     """Distillation loss of a pruned ``student`` against a dense ``teacher`` (see the module docstring).
 
     ``layers``: ``"all"`` (every layer's hidden states and the embeddings output) or
-    ``"last"``. The teacher is put in eval mode and never receives gradients.
+    ``"last"``. The teacher is put in eval mode and runs without gradients.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, hidden_weight: float = 1.0,
@@ -52,7 +52,7 @@ class Distiller:
         if student is teacher:
             raise ValueError("student and teacher are the same model: distill from a dense copy (copy.deepcopy "
                              "before pruning)")
-        self.student, self.teacher = student, teacher.eval().requires_grad_(False)
+        self.student, self.teacher = student, teacher.eval()
         self.hidden_weight, self.logits_weight, self.task_weight = hidden_weight, logits_weight, task_weight
         self.temperature, self.layers = temperature, layers
 

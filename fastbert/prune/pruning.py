@@ -12,7 +12,7 @@ from torch import nn
 
 from fastbert.prune.calibrated import CalibratedOptions, prune_calibrated
 from fastbert.prune.calibration import check_calibration
-from fastbert.prune.checks import CALIBRATED, check_options
+from fastbert.prune.checks import CALIBRATED, check_options, default_scope
 from fastbert.prune.execution import plan_execution
 from fastbert.prune.magnitude import prune_magnitude, prune_structured
 from fastbert.prune.report import PruneReport, build_report
@@ -26,7 +26,7 @@ def prune(
     sparsity: float,
     pattern: str = "unstructured",
     method: str = "magnitude",
-    scope: str = "global",
+    scope: str | None = None,
     layers=None,
     block_size: int = 32,
     *,
@@ -44,15 +44,18 @@ def prune(
     by layer through the already-pruned layers on real tokens; ``options``
     (:class:`CalibratedOptions`, default the tuned settings; ``CalibratedOptions.plain(method)``
     is the published algorithm) says how; ``progress`` shows a bar (or lines on stderr).
-    ``scope``: magnitude ranks all matrices against one threshold (``"global"``) or each
-    matrix to the target (``"layer"``); calibrated methods give layers outlier-weighted
-    sparsities (``"global"``) or every matrix the target (``"layer"``).
+    ``scope``: magnitude ranks all matrices against one threshold (``"global"``, its
+    default) or each matrix to the target (``"layer"``); calibrated methods prune every
+    matrix to the target (``"layer"``, their default: it measured best on MiniLM) or give
+    layers outlier-weighted sparsities (``"global"``, OWL); heads/neurons: one ranking of
+    normalized scores (``"global"``) or the same fraction per layer (``"layer"``).
     ``layers`` restricts pruning to those layer indices.
 
     Structured patterns replace the affected ``nn.Linear`` modules with smaller ones
     (create optimizers after pruning) and record the new shapes in the model's config:
     see :func:`fastbert.from_pretrained`. Returns a :class:`PruneReport`.
     """
+    scope = default_scope(method) if scope is None else scope
     check_options(sparsity, pattern, method, scope, block_size)
     batches = None
     if method in CALIBRATED:

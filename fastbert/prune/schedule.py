@@ -10,7 +10,7 @@ import numbers
 
 from fastbert.prune.calibrated import CalibratedOptions
 from fastbert.prune.calibration import check_calibration
-from fastbert.prune.checks import CALIBRATED, METHODS, check_block_size, check_fraction, check_scope
+from fastbert.prune.checks import CALIBRATED, METHODS, check_block_size, check_fraction, check_scope, default_scope
 from fastbert.prune.pruning import prune
 from fastbert.prune.targets import targets
 
@@ -39,11 +39,12 @@ class GradualPruner:
     """
 
     def __init__(self, model, final_sparsity: float, start_step: int, end_step: int, frequency: int = 10,
-                 pattern: str = "unstructured", scope: str = "global", block_size: int = 32, layers=None,
+                 pattern: str = "unstructured", scope: str | None = None, block_size: int = 32, layers=None,
                  method: str = "magnitude", calibration=None, options: CalibratedOptions | None = None):
         """Every argument is checked here, before any training step (ValueError/TypeError)."""
         if pattern not in ("unstructured", "block"):
             raise ValueError(f"gradual pruning supports the 'unstructured' and 'block' patterns, got {pattern!r}")
+        scope = default_scope(method) if scope is None else scope
         check_scope(scope)
         check_fraction("final_sparsity", final_sparsity)
         check_block_size(pattern, block_size)
