@@ -2,8 +2,8 @@
 
     python examples/prune_classification.py                      # fine-tunes first (a few minutes on a CPU)
     python examples/prune_classification.py --checkpoint DIR     # a checkpoint from finetune_classification.py
-    python examples/prune_classification.py --max-steps 4 --recovery-steps 2 --train-size 64 \
-        --pruning "neurons 50% (wanda)"                          # smoke run
+    python examples/prune_classification.py --checkpoint DIR --recovery-steps 2 --test-size 24 \
+        --calibration-size 16 --pruning "neurons 50% (wanda)"    # smoke run
 
 Starts from the classifier ``examples/finetune_classification.py`` trains (all-MiniLM-L6-v2
 on the generated three-topic set), prunes copies of it one-shot with calibration on training
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fastbert  # noqa: E402
 import finetune_classification  # noqa: E402
 from fastbert.prune import Distiller  # noqa: E402
-from topic_data import make_split  # noqa: E402
+from topic_data import LABELS, make_split  # noqa: E402
 
 PRUNINGS = {  # name: fastbert.prune arguments
     "unstructured 50% (sparsegpt)": dict(sparsity=0.5, pattern="unstructured", method="sparsegpt"),
@@ -62,6 +62,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--calibration-size", type=int, default=128)
     p.add_argument("--train-size", type=int, default=600, help="fine-tuning sentences (when fine-tuning here)")
+    p.add_argument("--test-size", type=int, default=300, help="held-out test sentences scored (the first of "
+                   "finetune_classification.py's 300)")
     p.add_argument("--max-steps", type=int, default=None, help="fine-tuning steps cap (smoke runs)")
     p.add_argument("--tolerance", type=float, default=0.01, help="accuracy drop allowed after recovery")
     p.add_argument("--pruning", nargs="+", choices=list(PRUNINGS), default=list(PRUNINGS), help="which prunings")
@@ -79,8 +81,9 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    dense = fastbert.optimize(AutoModelForSequenceClassification.from_pretrained(checkpoint)).to(device).eval()
-    test = make_split(300, seed=2, held_out=True)  # finetune_classification.py's test split (seed 0 + 2)
+    dense = fastbert.optimize(AutoModelForSequenceClassification.from_pretrained(checkpoint, num_labels=len(LABELS))).to(device).eval()
+    texts, labels = make_split(300, seed=2, held_out=True)  # finetune_classification.py's test split (seed 0 + 2)
+    test = texts[: args.test_size], labels[: args.test_size]
     train_texts = make_split(4800, seed=21, held_out=False)[0]
     calibration_texts = make_split(args.calibration_size, seed=22, held_out=False)[0]
     calibration = [tokenizer(calibration_texts[i : i + 32], padding=True, return_tensors="pt").to(device)
