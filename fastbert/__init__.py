@@ -3,7 +3,8 @@
 ``fastbert.optimize(model)`` swaps the encoder of a Hugging Face model in place;
 ``fastbert.FastBertEncoder(config)`` is the encoder as a plain ``nn.Module`` and
 ``fastbert.encoder_from_hf(model)`` one holding an HF model's encoder weights;
-``fastbert.prune(model, sparsity, pattern=...)`` prunes an optimized model's encoder.
+``fastbert.prune(model, sparsity, pattern=...)`` prunes an optimized model's encoder;
+``fastbert.from_pretrained(path, cls)`` loads a checkpoint (pruned ones included) optimized.
 How the package is built: docs/ARCHITECTURE.md.
 """
 
@@ -11,10 +12,11 @@ from fastbert.models import encoder_from_hf
 from fastbert.modules import FastBertConfig, FastBertEmbeddings, FastBertEncoder, FastBertLayer
 from fastbert import prune
 from fastbert.optimize import optimize
+from fastbert.pretrained import from_pretrained
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FastBertConfig", "FastBertEmbeddings", "FastBertEncoder", "FastBertLayer", "encoder_from_hf", "optimize", "prune",
-    "__version__",
+    "from_pretrained", "__version__",
 ]

@@ -57,8 +57,17 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
 def _prune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", help="local Hugging Face checkpoint directory")
     p.add_argument("--sparsity", type=float, required=True, help="fraction to remove, in [0, 1)")
-    p.add_argument("--pattern", default="block", choices=["unstructured", "block", "2:4", "heads", "neurons"])
-    p.add_argument("--scope", default="global", choices=["global", "layer"])
+    p.add_argument("--pattern", default="block", help="unstructured, block, heads, neurons or N:M such as 2:4 "
+                   "(default block)")
+    p.add_argument("--method", default="magnitude", choices=["magnitude", "wanda", "sparsegpt"],
+                   help="how weights are chosen (wanda and sparsegpt need --calibration)")
+    p.add_argument("--calibration", metavar="FILE", help="calibration texts, one per line, tokenized with the "
+                   "checkpoint's tokenizer (for --method wanda/sparsegpt)")
+    p.add_argument("--calibration-batch-size", type=int, default=16, help="texts per calibration batch (default 16)")
+    p.add_argument("--quiet", action="store_true", help="no calibration progress on stderr")
+    p.add_argument("--scope", default=None, choices=["global", "layer"],
+                   help="one ranking over all matrices (global) or each to the target (layer); default global for "
+                   "magnitude, layer for wanda/sparsegpt")
     p.add_argument("--block-size", type=int, default=32, choices=[16, 32, 64])
     p.add_argument("--layers", type=int, nargs="+", help="only these layer indices")
     p.add_argument("--out", help="directory for the pruned model (save_pretrained) and prune_report.json; "
@@ -133,7 +142,7 @@ _SUBCOMMANDS = (  # name, what runs it ("module:function"), its arguments, help,
     ),
     (
         "prune", "fastbert.prune.command:run_prune_command", _prune_arguments,
-        "prune a checkpoint's encoder (magnitude; block, 2:4, unstructured, heads, neurons)",
+        "prune a checkpoint's encoder (magnitude, wanda, sparsegpt; block, 2:4, unstructured, heads, neurons)",
         "Load a local Hugging Face checkpoint as the task model its config names (its head is "
         "kept), switch it to fastbert, prune its encoder projections, print the report and save the pruned "
         "model and report.",

@@ -96,7 +96,7 @@ BAD_ARGUMENTS = [
     (["prune", P, "--sparsity", "0.5", "--layers"], "expected at least one"),
     (["prune", P, "--sparsity", "0.5", "--layers", "7"], "layers"),
     (["prune", P, "--sparsity", "0.3", "--pattern", "2:4"], "2:4"),
-    (["prune", P, "--sparsity", "0.5", "--pattern", "diagonal"], "invalid choice"),
+    (["prune", P, "--sparsity", "0.5", "--pattern", "diagonal"], "pattern must be one of"),
     (["prune", P, "--sparsity", "0.5", "--out", "{FULL}"], "--force"),
     (["prune", P, "--sparsity", "0.5", "--out", "{FILE}"], "is a file"),
     (["prune", P, "--sparsity", "0.5", "--out", P], "being pruned"),

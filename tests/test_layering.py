@@ -8,7 +8,7 @@ docs/ARCHITECTURE.md)::
     ops      fastbert.ops
     modules  fastbert.modules
     models   fastbert.models
-    api      fastbert (the package), fastbert.optimize, fastbert.prune
+    api      fastbert (the package), fastbert.optimize, fastbert.prune, fastbert.pretrained
     tools    fastbert.configs, fastbert.cli_args, fastbert.numerics, fastbert.check,
              fastbert.bench, fastbert.prune.command
     cli      fastbert.cli
@@ -38,6 +38,7 @@ PLACES = {
     "fastbert": "api",  # the package's __init__ only: what ``import fastbert`` offers
     "fastbert.optimize": "api",
     "fastbert.prune": "api",
+    "fastbert.pretrained": "api",  # fastbert.from_pretrained: checkpoints, pruned ones included
     "fastbert.configs": "tools",
     "fastbert.cli_args": "tools",
     "fastbert.numerics": "tools",

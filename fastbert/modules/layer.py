@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from fastbert import ops
+from fastbert.modules.projection import project
 from fastbert.ops.linear import canonical_activation
 
 
@@ -16,7 +17,8 @@ class FastBertLayer(nn.Module):
     Q, K and V come from one fused ``qkv`` projection (weight ``(3*hidden, hidden)``,
     rows ordered q, k, v). Parameters live in ``nn.Linear``/``nn.LayerNorm`` containers
     so optimizers' weight-decay rules (e.g. HF Trainer's) see the usual module types;
-    their ``forward`` is never called, the ops are.
+    their ``forward`` is never called, the ops are. Each projection runs through
+    :func:`~fastbert.modules.projection.project`, which takes a pruned matrix's sparse path.
     """
 
     def __init__(
@@ -63,7 +65,7 @@ class FastBertLayer(nn.Module):
         ``cu_seqlens``/``max_seqlen``; masks as in :func:`fastbert.ops.attention`."""
         training = self.training
         attn_p = self.attention_probs_dropout_prob if training else 0.0
-        qkv = ops.linear(hidden_states, self.qkv.weight, self.qkv.bias)
+        qkv = project(self.qkv, hidden_states, self.qkv.bias)
         context = ops.attention(
             qkv,
             self.num_attention_heads,
@@ -73,7 +75,7 @@ class FastBertLayer(nn.Module):
             cu_seqlens=cu_seqlens,
             max_seqlen=max_seqlen,
         )
-        attn = ops.linear(context, self.attention_output.weight)
+        attn = project(self.attention_output, context)
         x1 = ops.add_layernorm(
             attn,
             hidden_states,
@@ -83,8 +85,8 @@ class FastBertLayer(nn.Module):
             x_bias=self.attention_output.bias,
             dropout_p=self.attention_output_dropout_prob if training else 0.0,
         )
-        ffn = ops.linear(x1, self.intermediate.weight, self.intermediate.bias, activation=self.hidden_act)
-        ffn = ops.linear(ffn, self.output.weight)
+        ffn = project(self.intermediate, x1, self.intermediate.bias, activation=self.hidden_act)
+        ffn = project(self.output, ffn)
         return ops.add_layernorm(
             ffn,
             x1,

@@ -15,7 +15,9 @@ Chosen per call by :mod:`fastbert.ops.dispatch` (op name ``"sparse_linear"``).
 ``pruned_linear`` decides per matrix whether the sparse path is worth it: it asks the
 measured crossover table (:mod:`fastbert.kernels.sparse_table`, **empty until a GPU run
 of benchmarks/sparse_crossover.py fills it**) and runs the dense linear when the table
-has no entry saying sparse is faster ("never slower than dense").
+has no entry saying sparse is faster ("never slower than dense"). :func:`execution_path`
+is the same decision for either sparse kind from plain facts (device, capability, dtype,
+shape, tokens), as a pruned layer's projection asks it (:mod:`fastbert.modules.projection`).
 
 2:4 semi-structured (``to_semi_structured``, ``semi_structured_linear``): PyTorch's
 ``to_sparse_semi_structured`` (sparse tensor cores, CUDA sm_80+, fp16/bf16); a clear
@@ -35,7 +37,7 @@ from fastbert.ops.linear import ACTIVATIONS, canonical_activation, linear
 __all__ = [
     "BlockSparseWeight", "BLOCK_SIZES", "sparse_linear", "sparse_linear_reference", "pruned_linear", "choose_path",
     "is_two_four", "semi_structured_unsupported_reason", "to_semi_structured", "semi_structured_or_none",
-    "semi_structured_linear",
+    "semi_structured_linear", "execution_path",
 ]  # fmt: skip
 
 
@@ -157,6 +159,48 @@ def choose_path(sparse_weight: BlockSparseWeight, tokens: int, device: torch.dev
         sparse_weight.block_sparsity, kind="block",
     )  # fmt: skip
     return "sparse" if choice == "block" else "dense"
+
+
+def execution_path(
+    kind: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    n: int,
+    k: int,
+    tokens: int,
+    block: int = 0,
+    sparsity: float = 0.5,
+    table=None,
+) -> str:
+    """Where a pruned ``(n, k)`` weight of pattern ``kind`` runs for ``tokens`` rows: ``kind`` or ``"dense"``.
+
+    ``kind`` is ``"block"`` (``block`` x ``block`` tiles, ``sparsity`` = fraction of tiles
+    removed) or ``"2:4"``. Off CUDA the answer is always ``"dense"``. On CUDA:
+
+    - ``"block"`` only where the measured crossover table (``table``, default
+      :data:`fastbert.kernels.sparse_table.TABLE`) shows the block-sparse kernel faster
+      for this architecture, shape, dtype, block size, sparsity and token count;
+    - ``"2:4"`` on compute capability 8.0+, float16/bfloat16, ``n`` a multiple of 32 and
+      ``k`` of 64 (what PyTorch's semi-structured kernels take); when the table holds 2:4
+      measurements for this architecture, only where they show 2:4 faster.
+    """
+    if kind not in ("block", "2:4"):
+        raise ValueError(f"kind must be 'block' or '2:4', got {kind!r}")
+    if device.type != "cuda" or dtype not in TRITON_NAMES:
+        return "dense"
+    from fastbert.kernels import sparse_table
+
+    table = sparse_table.TABLE if table is None else table
+    major, minor = torch.cuda.get_device_capability(device)
+    arch = 90 if major == 9 else 80
+    name = TRITON_NAMES[dtype]
+    if kind == "block":
+        return sparse_table.choose(arch, tokens, n, k, name, block, sparsity, kind="block", table=table)
+    if major < 8 or dtype not in _SEMI_DTYPES or n % _SEMI_ROWS or k % _SEMI_COLS:
+        return "dense"
+    if not any(e["kind"] == "2:4" for e in table.get(arch, [])):
+        return "2:4"  # nothing measured on this architecture: PyTorch's sparse tensor cores
+    return sparse_table.choose(arch, tokens, n, k, name, 0, 0.5, kind="2:4", table=table)
 
 
 def pruned_linear(

@@ -24,7 +24,7 @@ def apply_mask(module: nn.Linear, keep: torch.Tensor) -> None:
     with torch.no_grad():
         module.weight.mul_(keep)
     module._fastbert_keep = keep
-    if getattr(module, "_fastbert_grad_hook", None) is None:
+    if getattr(module, "_fastbert_grad_hook", None) is None and module.weight.requires_grad:
         module._fastbert_grad_hook = module.weight.register_hook(lambda g, m=module: g * m._fastbert_keep)
     _LIVE.add(module)
     _install_optimizer_hook()

@@ -6,21 +6,43 @@ import numbers
 
 from fastbert.prune.masks import BLOCK_SIZES, PATTERNS
 
-METHODS = ("magnitude",)
+METHODS = ("magnitude", "wanda", "sparsegpt")
+CALIBRATED = ("wanda", "sparsegpt")
 SCOPES = ("global", "layer")
 
 
 def check_options(sparsity, pattern: str, method: str, scope: str, block_size) -> None:
     """TypeError/ValueError for options :func:`fastbert.prune.prune` does not take."""
     check_fraction("sparsity", sparsity)
-    if pattern not in PATTERNS:
-        raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
+    check_pattern(pattern)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS} (gradual pruning: fastbert.prune.GradualPruner), got {method!r}")
     check_scope(scope)
-    if pattern == "2:4" and abs(sparsity - 0.5) > 1e-9:
-        raise ValueError("the 2:4 pattern is always 50 % sparse: pass sparsity=0.5")
+    nm = nm_of(pattern)
+    if nm is not None and abs(sparsity - (1 - nm[0] / nm[1])) > 1e-9:
+        raise ValueError(f"the {pattern} pattern is always {1 - nm[0] / nm[1]:.0%} sparse: pass sparsity={1 - nm[0] / nm[1]:g}")
     check_block_size(pattern, block_size)
+
+
+def nm_of(pattern: str) -> tuple[int, int] | None:
+    """``(N, M)`` for an N:M pattern such as ``"2:4"`` (N of every M consecutive inputs kept), else None."""
+    if not isinstance(pattern, str) or pattern.count(":") != 1:
+        return None
+    n, m = pattern.split(":")
+    if not (n.isdigit() and m.isdigit()) or not 0 < int(n) < int(m) <= 64:
+        return None
+    return int(n), int(m)
+
+
+def check_pattern(pattern) -> None:
+    """ValueError unless ``pattern`` is one of :data:`PATTERNS` or an N:M pattern (0 < N < M <= 64)."""
+    if pattern not in PATTERNS and nm_of(pattern) is None:
+        raise ValueError(f"pattern must be one of {PATTERNS} or 'N:M' (e.g. '1:4', '4:8'), got {pattern!r}")
+
+
+def default_scope(method: str) -> str:
+    """``"global"`` for magnitude pruning, ``"layer"`` for the calibrated methods."""
+    return "layer" if method in CALIBRATED else "global"
 
 
 def check_scope(scope: str) -> None:

@@ -15,22 +15,9 @@ from pathlib import Path
 
 import fastbert
 from fastbert.cli_args import checkpoint_config, checkpoint_dir, load_checkpoint, output_dir, quiet_transformers
-
-
-def task_model_class(config):
-    """The transformers class a checkpoint's config names in ``architectures`` (``AutoModel``
-    when it names none); ValueError when it names several or one transformers lacks."""
-    import transformers
-
-    names = list(getattr(config, "architectures", None) or [])
-    if not names:
-        return transformers.AutoModel
-    if len(names) > 1:
-        raise ValueError(f"the checkpoint's config names several architectures {names}; expected one")
-    cls = getattr(transformers, names[0], None)
-    if cls is None:
-        raise ValueError(f"the checkpoint's architecture {names[0]!r} is not a class of this transformers version")
-    return cls
+from fastbert.pretrained import task_model_class
+from fastbert.prune.checks import CALIBRATED, check_options, default_scope
+from fastbert.prune.structure import STRUCTURE_KEY
 
 
 def _out_dir(args, source: Path) -> Path | None:
@@ -55,18 +42,57 @@ def load_task_model(model_dir: str):
     return model.eval(), sorted(info.get("unexpected_keys") or [])
 
 
+def read_calibration_texts(path: str | None, method: str) -> list[str] | None:
+    """The lines of ``--calibration FILE`` (blank lines skipped); ValueError when a calibrated
+    method has no file, the file is unreadable or empty, or magnitude pruning is given one."""
+    if method not in CALIBRATED:
+        if path is not None:
+            raise ValueError(f"--calibration is for the calibrated methods {', '.join(CALIBRATED)}, not --method {method}")
+        return None
+    if path is None:
+        raise ValueError(f"--method {method} needs --calibration FILE (one text per line)")
+    try:
+        texts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--calibration {path!r} cannot be read: {e}") from e
+    if not texts:
+        raise ValueError(f"--calibration {path!r} holds no text (one text per line)")
+    return texts
+
+
+def calibration_batches(model_dir: str, texts: list[str], batch_size: int) -> list[dict]:
+    """``texts`` tokenized with the checkpoint's tokenizer, ``batch_size`` per batch, padded and
+    truncated to the model's longest sequence."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except Exception as e:  # noqa: BLE001 - any failure means the same to the user
+        raise ValueError(f"--calibration needs the checkpoint's tokenizer, and MODEL_DIR {model_dir!r} has none "
+                         f"that loads ({type(e).__name__})") from e
+    longest = min(512, int(getattr(tokenizer, "model_max_length", 512) or 512))
+    return [tokenizer(texts[i : i + batch_size], padding=True, truncation=True, max_length=longest,
+                      return_tensors="pt") for i in range(0, len(texts), batch_size)]
+
+
 def run_prune_command(args) -> int:
     """Run ``fastbert prune`` for parsed CLI ``args``; exit code 0 on success (bad input raises
     ValueError/TypeError: exit 2)."""
     source = checkpoint_dir(args.model_dir, "MODEL_DIR")
     out = _out_dir(args, source)  # before any work
+    check_options(args.sparsity, args.pattern, args.method, args.scope or default_scope(args.method), args.block_size)
+    texts = read_calibration_texts(args.calibration, args.method)
+    if args.calibration_batch_size < 1:
+        raise ValueError(f"--calibration-batch-size must be at least 1, got {args.calibration_batch_size}")
     model, unused = load_task_model(args.model_dir)
     if unused:
         print(f"note: {len(unused)} checkpoint weight(s) are not used by {type(model).__name__} and are not "
               f"written: {', '.join(unused[:4])}{', ...' if len(unused) > 4 else ''}", file=sys.stderr)
+    batches = None if texts is None else calibration_batches(args.model_dir, texts, args.calibration_batch_size)
     fastbert.optimize(model)
-    report = fastbert.prune(model, args.sparsity, pattern=args.pattern, scope=args.scope,
-                            layers=args.layers, block_size=args.block_size)
+    report = fastbert.prune(model, args.sparsity, pattern=args.pattern, method=args.method, scope=args.scope,
+                            layers=args.layers, block_size=args.block_size, calibration=batches,
+                            progress=not args.quiet)
     print(report.format())
     if out is None:
         print("no --out given: nothing was written")
@@ -76,8 +102,9 @@ def run_prune_command(args) -> int:
         model.save_pretrained(out)
         _copy_tokenizer(args.model_dir, out)
     (out / "prune_report.json").write_text(json.dumps(report.to_dict(), indent=2))
-    note = " (smaller matrices than the config: load it with fastbert, not plain transformers)" if args.pattern in (
-        "heads", "neurons") else ""
+    note = ""
+    if hasattr(model.config, STRUCTURE_KEY):
+        note = " (heads or per-layer neuron counts recorded in config.json: load it with fastbert.from_pretrained)"
     print(f"pruned {type(model).__name__} and prune_report.json written to {out}{note}")
     return 0
 

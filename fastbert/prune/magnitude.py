@@ -1,5 +1,7 @@
 """Magnitude pruning of an encoder's projection matrices, in one pass, for every pattern.
 
+Called by :func:`fastbert.prune.pruning.prune` (``method="magnitude"``).
+
 Unstructured, block and 2:4 patterns zero the smallest weights (blocks by their mean
 magnitude) and keep them zero through training (:mod:`fastbert.prune.apply`); ``heads``
 and ``neurons`` remove whole attention heads / FFN neurons by their weights' L2 norm,
@@ -10,46 +12,22 @@ ranks every chosen matrix against one threshold, ``"layer"`` prunes each to the 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from fastbert.prune.apply import apply_mask, keep_mask
-from fastbert.prune.checks import check_options
-from fastbert.prune.masks import block_mask, block_scores, expand_blocks, two_four_mask, unstructured_mask
-from fastbert.prune.report import PruneReport, build_report
+from fastbert.prune.checks import nm_of
+from fastbert.prune.masks import block_mask, block_scores, expand_blocks, nm_mask, unstructured_mask
 from fastbert.prune.structured import head_scores, keep_heads, keep_neurons, neuron_scores
-from fastbert.prune.targets import encoder_of, targets
+from fastbert.prune.targets import encoder_of
 
 
-def prune(
-    model: nn.Module,
-    sparsity: float,
-    pattern: str = "unstructured",
-    method: str = "magnitude",
-    scope: str = "global",
-    layers=None,
-    block_size: int = 32,
-) -> PruneReport:
-    """Prune the encoder projections of an optimized model (or a FastBertEncoder) in place.
-
-    ``sparsity`` is the fraction of weights (or blocks, heads, neurons) to remove, in
-    [0, 1); ``layers`` restricts pruning to those layer indices. Returns a
-    :class:`PruneReport`. Structured patterns replace the affected ``nn.Linear`` modules
-    with smaller ones: create optimizers after pruning. Their checkpoints have smaller
-    matrices than the HF config says, so plain ``transformers`` cannot load them.
-    """
-    check_options(sparsity, pattern, method, scope, block_size)
-    chosen = targets(model, layers)
-    if pattern in ("heads", "neurons"):
-        _prune_structured(model, chosen, sparsity, pattern, scope)
-    elif pattern == "2:4":
+def prune_magnitude(chosen, sparsity, pattern, scope, block_size) -> None:
+    """Zero the smallest weights (blocks: by mean magnitude; N:M: per group) of the chosen matrices."""
+    nm = nm_of(pattern)
+    if nm is not None:
         for t in chosen:
-            apply_mask(t.module, two_four_mask(t.module.weight.detach().abs()))
-    else:
-        _prune_magnitude(chosen, sparsity, pattern, scope, block_size)
-    return build_report(model, chosen, sparsity, pattern, f"{method} ({scope})")
+            apply_mask(t.module, nm_mask(t.module.weight.detach().abs(), *nm))
+        return
 
-
-def _prune_magnitude(chosen, sparsity, pattern, scope, block_size) -> None:
     def scores_of(t):
         s = t.module.weight.detach().abs().float()
         old = keep_mask(t.module)
@@ -82,23 +60,28 @@ def _block_means(scores: torch.Tensor, block: int) -> torch.Tensor:
     return block_scores(scores, block) / counts
 
 
-def _prune_structured(model, chosen, sparsity, pattern, scope) -> None:
+def prune_structured(model, chosen, sparsity, pattern, scope) -> None:
+    """Remove the heads/neurons with the smallest weight norms (per layer, or normalized across layers)."""
     encoder = encoder_of(model)
     layer_ids = sorted({t.layer for t in chosen})
     score_fn = head_scores if pattern == "heads" else neuron_scores
-    scores = {i: score_fn(encoder.layers[i]) for i in layer_ids}
+    keeps = choose_units({i: score_fn(encoder.layers[i]) for i in layer_ids}, sparsity, scope)
+    for i, keep in keeps.items():
+        (keep_heads if pattern == "heads" else keep_neurons)(encoder.layers[i], keep)
+
+
+def choose_units(scores: dict[int, torch.Tensor], sparsity: float, scope: str) -> dict[int, torch.Tensor]:
+    """Keep-mask of heads/neurons per layer from their scores: each layer at the target
+    (``scope="layer"``) or one ranking of scores normalized by their layer's mean; a layer
+    always keeps its best unit."""
     if scope == "layer":
         keeps = {i: unstructured_mask(s, sparsity) for i, s in scores.items()}
     else:
-        flat = torch.cat([scores[i] / scores[i].mean() for i in layer_ids])  # normalized across layers
-        keep_flat = unstructured_mask(flat, sparsity)
-        keeps, offset = {}, 0
-        for i in layer_ids:
-            n = scores[i].numel()
-            keeps[i] = keep_flat[offset : offset + n]
-            offset += n
+        layer_ids = list(scores)
+        keep_flat = unstructured_mask(torch.cat([scores[i] / scores[i].mean() for i in layer_ids]), sparsity)
+        keeps = dict(zip(layer_ids, keep_flat.split([scores[i].numel() for i in layer_ids])))
     for i, keep in keeps.items():
         if not keep.any():  # never remove a whole block: keep the best unit
-            keep = keep.clone()
-            keep[scores[i].argmax()] = True
-        (keep_heads if pattern == "heads" else keep_neurons)(encoder.layers[i], keep)
+            keeps[i] = keep.clone()
+            keeps[i][scores[i].argmax()] = True
+    return keeps

@@ -12,6 +12,15 @@ PATTERNS = ("unstructured", "block", "2:4", "heads", "neurons")
 BLOCK_SIZES = (16, 32, 64)
 
 
+def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep the largest ``(1 - sparsity)`` fraction of each row (the same count per row)."""
+    n_prune = int(round(sparsity * scores.shape[1]))
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if n_prune:
+        keep.scatter_(1, torch.topk(scores, n_prune, dim=1, largest=False).indices, False)
+    return keep
+
+
 def unstructured_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Keep the largest ``(1 - sparsity)`` fraction of entries."""
     n_prune = int(round(sparsity * scores.numel()))
@@ -44,12 +53,17 @@ def block_mask(scores: torch.Tensor, sparsity: float, block: int) -> torch.Tenso
     return expand_blocks(unstructured_mask(block_scores(scores, block), sparsity), block, scores.shape)
 
 
-def two_four_mask(scores: torch.Tensor) -> torch.Tensor:
-    """Semi-structured 2:4: in every group of 4 consecutive inputs keep the 2 largest (50 %)."""
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Semi-structured N:M: in every group of ``m`` consecutive inputs keep the ``n`` largest."""
     rows, cols = scores.shape
-    if cols % 4:
-        raise ValueError(f"2:4 sparsity needs in_features divisible by 4, got {cols}")
-    groups = scores.view(rows, cols // 4, 4)
-    top = groups.topk(2, dim=-1).indices
+    if cols % m:
+        raise ValueError(f"{n}:{m} sparsity needs in_features divisible by {m}, got {cols}")
+    groups = scores.reshape(rows, cols // m, m)
+    top = groups.topk(n, dim=-1).indices
     keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, top, True)
     return keep.view(rows, cols)
+
+
+def two_four_mask(scores: torch.Tensor) -> torch.Tensor:
+    """Semi-structured 2:4: in every group of 4 consecutive inputs keep the 2 largest (50 %)."""
+    return nm_mask(scores, 2, 4)

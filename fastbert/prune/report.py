@@ -1,4 +1,4 @@
-"""What pruning did: sparsity per matrix, parameters and FLOPs removed, predicted speedup."""
+"""What pruning did: sparsity per matrix, parameters and FLOPs removed, the ideal FLOP ratio, how it runs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from fastbert.prune.execution import execution_of
 from fastbert.prune.targets import encoder_of, targets
 
 
@@ -30,16 +31,20 @@ class PruneReport:
     """Summary of a pruning pass over an encoder's projection matrices.
 
     FLOPs are those of the projections per token (2 per remaining weight); attention's
-    score/value products and the glue ops are not counted. ``predicted_speedup`` is the
-    ideal ratio of dense to remaining projection FLOPs: a sparse kernel reaches it only
-    for patterns it can skip (blocks, removed heads/neurons); unstructured zeros give
-    no speedup with dense kernels.
+    score/value products and the glue ops are not counted. ``ideal_flop_ratio`` is the
+    ratio of dense to remaining projection FLOPs: **ideal, not a measured speedup**. Only
+    paths that skip the pruned weights can approach it (removed heads/neurons, 2:4 and
+    block kernels where they are faster); unstructured zeros run on the dense GEMM and
+    give no speedup. ``execution`` says which path the matrices take; a speedup is only
+    known where it was measured (``measured_speedup``, set by whoever timed it, else None).
     """
 
     pattern: str
     method: str
     target_sparsity: float
     matrices: list[MatrixReport] = field(default_factory=list)
+    execution: str = ""
+    measured_speedup: float | None = None
 
     @property
     def dense_params(self) -> int:
@@ -62,8 +67,8 @@ class PruneReport:
         return 2 * (self.dense_params - self.remaining_params)
 
     @property
-    def predicted_speedup(self) -> float:
-        """Dense / remaining projection FLOPs (ideal; see the class docstring)."""
+    def ideal_flop_ratio(self) -> float:
+        """Dense / remaining projection FLOPs: ideal, not a measured speedup (see the class docstring)."""
         return self.dense_params / max(1, self.remaining_params)
 
     def to_dict(self) -> dict:
@@ -76,7 +81,7 @@ class PruneReport:
             dense_params=self.dense_params,
             remaining_params=self.remaining_params,
             flops_removed_per_token=self.flops_removed_per_token,
-            predicted_speedup=self.predicted_speedup,
+            ideal_flop_ratio=self.ideal_flop_ratio,
         )
         return d
 
@@ -87,9 +92,13 @@ class PruneReport:
             lines.append(f"{m.name:<28}{m.role:<18}{str(m.shape):>14}{m.sparsity:>10.1%}")
         lines.append(
             f"total: {self.sparsity:.1%} of {self.dense_params:,} projection parameters removed "
-            f"({self.dense_params - self.remaining_params:,}); {self.flops_removed_per_token:,} FLOPs/token removed; "
-            f"predicted projection speedup {self.predicted_speedup:.2f}x ({self.pattern}, {self.method})"
+            f"({self.dense_params - self.remaining_params:,}); {self.flops_removed_per_token:,} FLOPs/token removed "
+            f"({self.pattern}, {self.method})"
         )
+        lines.append(f"ideal projection FLOP ratio {self.ideal_flop_ratio:.2f}x (ideal: not a measured speedup)")
+        lines.append(f"execution: {self.execution}")
+        speed = "not measured" if self.measured_speedup is None else f"{self.measured_speedup:.2f}x (measured)"
+        lines.append(f"speedup: {speed}")
         return "\n".join(lines)
 
 
@@ -103,7 +112,7 @@ def build_report(model, chosen, target: float, pattern: str, method: str) -> Pru
         "ffn.in": (cfg.intermediate_size, cfg.hidden_size),
         "ffn.out": (cfg.hidden_size, cfg.intermediate_size),
     }
-    report = PruneReport(pattern, method, target)
+    report = PruneReport(pattern, method, target, execution=execution_of(pattern))
     for t in targets(model, sorted({t.layer for t in chosen})):
         rows, cols = dense_shapes[t.role]
         remaining = int(torch.count_nonzero(t.module.weight.detach()))

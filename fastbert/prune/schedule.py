@@ -1,11 +1,17 @@
-"""Gradual magnitude pruning on a cubic schedule (Zhu & Gupta), for plain loops and HF's Trainer."""
+"""Gradual pruning on a cubic schedule (Zhu & Gupta), for plain loops and HF's Trainer.
+
+Each pruning event runs :func:`fastbert.prune.prune` at the schedule's sparsity with the
+pruner's method: magnitude, or Wanda/SparseGPT scores from the calibration batches
+(recomputed at every event on the model as it is then)."""
 
 from __future__ import annotations
 
 import numbers
 
-from fastbert.prune.checks import check_block_size, check_fraction, check_scope
-from fastbert.prune.magnitude import prune
+from fastbert.prune.calibrated import CalibratedOptions
+from fastbert.prune.calibration import check_calibration
+from fastbert.prune.checks import CALIBRATED, METHODS, check_block_size, check_fraction, check_scope, default_scope
+from fastbert.prune.pruning import prune
 from fastbert.prune.targets import targets
 
 
@@ -27,14 +33,18 @@ class GradualPruner:
 
     Plain loop: call :meth:`step` after each ``optimizer.step()``. HF Trainer: pass
     ``pruner.trainer_callback()`` in ``callbacks``. Each pruning event runs
-    :func:`fastbert.prune.prune` with the schedule's sparsity (masks only grow).
+    :func:`fastbert.prune.prune` with the schedule's sparsity (masks only grow), with
+    ``method`` ``"magnitude"``, or ``"wanda"``/``"sparsegpt"`` on ``calibration`` (model
+    input dicts, as for :func:`fastbert.prune.prune`; ``options`` likewise).
     """
 
     def __init__(self, model, final_sparsity: float, start_step: int, end_step: int, frequency: int = 10,
-                 pattern: str = "unstructured", scope: str = "global", block_size: int = 32, layers=None):
+                 pattern: str = "unstructured", scope: str | None = None, block_size: int = 32, layers=None,
+                 method: str = "magnitude", calibration=None, options: CalibratedOptions | None = None):
         """Every argument is checked here, before any training step (ValueError/TypeError)."""
         if pattern not in ("unstructured", "block"):
             raise ValueError(f"gradual pruning supports the 'unstructured' and 'block' patterns, got {pattern!r}")
+        scope = default_scope(method) if scope is None else scope
         check_scope(scope)
         check_fraction("final_sparsity", final_sparsity)
         check_block_size(pattern, block_size)
@@ -46,7 +56,15 @@ class GradualPruner:
         cubic_sparsity(start_step, final_sparsity, start_step, end_step)  # validates the window
         targets(model, layers)  # a fastbert model, and valid layer indices
         self.model, self.final, self.start, self.end, self.frequency = model, final_sparsity, start_step, end_step, frequency
-        self.options = dict(pattern=pattern, scope=scope, block_size=block_size, layers=layers)
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        self.options = dict(pattern=pattern, scope=scope, block_size=block_size, layers=layers, method=method)
+        if method in CALIBRATED:
+            if options is not None and not isinstance(options, CalibratedOptions):
+                raise TypeError(f"options must be a fastbert.prune.CalibratedOptions, got {type(options).__name__}")
+            self.options.update(calibration=check_calibration(calibration, method), options=options, progress=False)
+        elif calibration is not None or options is not None:
+            raise ValueError(f"calibration and options are for the calibrated methods {CALIBRATED}, not {method!r}")
         self.step_count = 0
         self.last_report = None
 

@@ -91,3 +91,59 @@ def test_non_empty_out_needs_force(tmp_path, capsys):
     assert "--force" in capsys.readouterr().err and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert main(["prune", str(tmp_path / "ckpt"), *ARGS, "--out", str(out), "--force"]) == 0
     assert (out / "config.json").is_file() and (out / "notes.txt").read_text() == "keep me"
+
+
+def _tokenizer_checkpoint(tmp_path):
+    """A classifier checkpoint with a word-level tokenizer, so --calibration texts can be tokenized."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + [f"w{i}" for i in range(100)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                                cls_token="[CLS]", sep_token="[SEP]")
+    hf = _classifier("bert")
+    hf.save_pretrained(tmp_path / "ckpt")
+    fast.save_pretrained(tmp_path / "ckpt")
+    texts = tmp_path / "calibration.txt"
+    gen = torch.Generator().manual_seed(5)
+    texts.write_text("\n".join(" ".join(f"w{int(i)}" for i in torch.randint(0, 100, (int(n),), generator=gen))
+                               for n in torch.randint(3, 20, (24,), generator=gen)) + "\n\n")
+    return hf, fast, texts
+
+
+def test_calibrated_method_from_a_text_file(tmp_path, capsys):
+    hf, tokenizer, texts = _tokenizer_checkpoint(tmp_path)
+    args = ["prune", str(tmp_path / "ckpt"), "--sparsity", "0.5", "--pattern", "2:4", "--method", "sparsegpt",
+            "--calibration", str(texts), "--calibration-batch-size", "8", "--quiet", "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "sparsegpt" in captured.out and "sparsegpt 2:4" not in captured.err  # --quiet: no progress
+    lines = [line for line in texts.read_text().splitlines() if line.strip()]
+    batches = [tokenizer(lines[i : i + 8], padding=True, return_tensors="pt") for i in range(0, len(lines), 8)]
+    expected = fastbert.optimize(copy.deepcopy(hf))
+    fastbert.prune(expected, 0.5, pattern="2:4", method="sparsegpt", calibration=batches, progress=False)
+    reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
+    for k, v in expected.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--method", "wanda"], "needs --calibration"),
+    (["--calibration", "CAL"], "calibrated methods"),
+    (["--method", "wanda", "--calibration", "MISSING"], "cannot be read"),
+    (["--method", "wanda", "--calibration", "EMPTY"], "holds no text"),
+    (["--pattern", "3:2"], "pattern"),
+    (["--method", "wanda", "--calibration", "CAL", "--calibration-batch-size", "0"], "at least 1"),
+])
+def test_calibration_arguments_are_checked_first(tmp_path, capsys, extra, match):
+    _, _, texts = _tokenizer_checkpoint(tmp_path)
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    swap = {"CAL": str(texts), "MISSING": str(tmp_path / "nope.txt"), "EMPTY": str(tmp_path / "empty.txt")}
+    capsys.readouterr()  # the set-up's own output
+    argv = ["prune", str(tmp_path / "ckpt"), "--sparsity", "0.5", *[swap.get(a, a) for a in extra],
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
