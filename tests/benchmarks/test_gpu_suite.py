@@ -145,7 +145,7 @@ def test_without_a_gpu_the_suite_refuses_unless_asked_for_a_dry_run(tmp_path, mo
     assert "no CUDA GPU" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
-def test_the_gpu_commands_parse(ctx, capsys):
+def test_the_gpu_commands_parse(ctx, capsys, monkeypatch):
     """The GPU-only arguments never run here: each step's GPU command line is at least parsed
     by the program it calls (the crossover scripts with ``--list`` added, which stops there)."""
     import importlib.util
@@ -157,6 +157,7 @@ def test_the_gpu_commands_parse(ctx, capsys):
         if argv[1:3] == ["-m", "fastbert.cli"]:
             build_parser().parse_args(argv[3:])
         elif argv[1].endswith("_crossover.py"):
+            monkeypatch.syspath_prepend(str(Path(argv[1]).parent))  # the scripts import their shared crossover.py
             spec = importlib.util.spec_from_file_location(Path(argv[1]).stem, argv[1])
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
