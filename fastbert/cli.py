@@ -78,6 +78,9 @@ def _prune_arguments(p: argparse.ArgumentParser) -> None:
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", action="extend", nargs="+", help=f"named architectures with random weights: {ARCHS_HELP}")
     p.add_argument("--model-dir", action="extend", nargs="+", help="local Hugging Face checkpoint directories")
+    p.add_argument("--model", metavar="PATH", help="your checkpoint (Hugging Face or sentence-transformers folder) on "
+                   "your texts, plain vs fastbert, as your pipeline runs it; sentences/s and tokens/s per --batch")
+    p.add_argument("--texts", metavar="FILE", help="with --model: one text per line (default: fastbert's shipped corpus)")
     p.add_argument("--batch", type=int, nargs="+", help="batch sizes")
     p.add_argument("--seq-len", type=int, nargs="+", help="sequence lengths (padded length of every batch)")
     p.add_argument("--dtype", nargs="+", help="fp32 fp16 bf16 (or float32 float16 bfloat16)")
@@ -99,6 +102,9 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
 def _profile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default=None, help="named architecture (default: bert-base on a GPU, bert-tiny on the CPU)")
     p.add_argument("--model-dir", help="local Hugging Face checkpoint directory instead of --arch")
+    p.add_argument("--model", metavar="PATH", help="your checkpoint (Hugging Face or sentence-transformers folder), "
+                   "profiled on one batch of your texts, tokenized as your pipeline does")
+    p.add_argument("--texts", metavar="FILE", help="with --model: one text per line (default: fastbert's shipped corpus)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: GPU 32, CPU 4)")
     p.add_argument("--seq-len", type=int, default=None, help="sequence length (default: GPU 128, CPU 64)")
     p.add_argument("--dtype", default=None, help="fp32 fp16 bf16 (default: fp16 on a GPU, fp32 on the CPU)")

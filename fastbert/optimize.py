@@ -8,6 +8,7 @@ from fastbert.models import adapter_for, hf_base_model
 from fastbert.models.heads import convert_head_transforms
 from fastbert.models.base import convert_base_model, is_optimized
 from fastbert.modules.unpad_policy import check_unpad_mode
+from fastbert.wrapped_models import wrapped_hf_models
 
 
 def optimize(model: nn.Module, *, unpad: bool | str = "auto") -> nn.Module:
@@ -15,7 +16,9 @@ def optimize(model: nn.Module, *, unpad: bool | str = "auto") -> nn.Module:
 
     ``model`` is an HF base model (``BertModel``, ``RobertaModel``, ...) or one of its
     task models (``...ForSequenceClassification``, ``ForMaskedLM``, ``ForPreTraining``,
-    ``ForTokenClassification``, ``ForQuestionAnswering``, ``ForMultipleChoice``). Heads,
+    ``ForTokenClassification``, ``ForQuestionAnswering``, ``ForMultipleChoice``), or a
+    sentence-transformers ``SentenceTransformer``, ``CrossEncoder`` or ``SparseEncoder``, whose
+    HF models are optimized (:mod:`fastbert.wrapped_models`). Heads,
     pooler, embedding tables (and their ties), config, output classes and state-dict
     names stay as they were, so the rest of the user's code keeps working. MLM head
     transforms (dense + activation + LayerNorm) also run through fastbert ops. Calling it on
@@ -28,6 +31,11 @@ def optimize(model: nn.Module, *, unpad: bool | str = "auto") -> nn.Module:
     same either way; hidden states at padded positions are zeros when unpadded.
     """
     check_unpad_mode(unpad)
+    wrapped = wrapped_hf_models(model)
+    if wrapped is not None:
+        for inner in wrapped:
+            optimize(inner, unpad=unpad)
+        return model
     base = hf_base_model(model)
     if not is_optimized(base):
         convert_base_model(base, adapter_for(base.config))

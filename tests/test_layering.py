@@ -37,6 +37,7 @@ PLACES = {
     "fastbert.models": "models",
     "fastbert": "api",  # the package's __init__ only: what ``import fastbert`` offers
     "fastbert.optimize": "api",
+    "fastbert.wrapped_models": "api",  # the HF models inside sentence-transformers objects, for optimize
     "fastbert.prune": "api",
     "fastbert.pretrained": "api",  # fastbert.from_pretrained: checkpoints, pruned ones included
     "fastbert.configs": "tools",

@@ -5,8 +5,10 @@ Each command first resolves its arguments into what to run (:func:`bench_plan`,
 :func:`profile_plan`): the device's defaults where an option was not given, and every
 argument checked (ValueError, exit code 2) before any model is loaded. Then it runs
 (:func:`fastbert.bench.measure.run_sweep`, :func:`fastbert.bench.profile.profile_model`)
-and reports (:mod:`fastbert.bench.report`, :mod:`fastbert.bench.profile`). A future
-``bench --train`` or ``bench --model PATH --texts FILE`` is resolved here into the plan.
+and reports (:mod:`fastbert.bench.report`, :mod:`fastbert.bench.profile`). ``bench --model PATH
+[--texts FILE]`` (the user's checkpoint on the user's texts, :mod:`fastbert.bench.texts`)
+is resolved by :func:`text_bench_plan`; ``profile --model PATH`` profiles one batch of
+those texts (:func:`fastbert.bench.user_model.profile_batch`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from fastbert.bench import measure, profile, report, sweep
+from fastbert.bench import measure, profile, report, sweep, texts
+from fastbert.bench.user_model import profile_batch, read_texts, resolve_user_model, runner_class
 from fastbert.bench.variants import BASELINES, VARIANTS
 from fastbert.cli_args import checkpoint_dir, output_dir, positive_ints, resolve_device
 from fastbert.numerics import DTYPES, canonical_dtype
@@ -105,6 +108,8 @@ def measure_options(args, device: str, variants: list[str]) -> measure.BenchOpti
 
 def bench_plan(args) -> BenchPlan:
     """Resolve ``fastbert bench``'s arguments; ValueError (exit 2) for any bad one, before any work."""
+    if args.texts is not None:
+        raise ValueError("--texts goes with --model PATH (your checkpoint on your texts)")
     device = resolve_device(args.device)
     apply_threads(args.threads)
     dev_type = _device_type(device)
@@ -122,6 +127,8 @@ def bench_plan(args) -> BenchPlan:
 
 def run_bench_command(args) -> int:
     """Run ``fastbert bench`` for parsed CLI ``args``; returns the exit code."""
+    if args.model is not None:
+        return run_text_bench_command(args)
     wall_start = time.perf_counter()
     plan = bench_plan(args)
     for note in plan.notes:
@@ -169,6 +176,7 @@ class ProfilePlan:
     dtype: str
     variants: list[str]
     out_dir: Path
+    feed: dict[str, torch.Tensor] | None = None  # --model: one tokenized batch of the user's texts (CPU)
 
 
 def profile_plan(args) -> ProfilePlan:
@@ -176,6 +184,8 @@ def profile_plan(args) -> ProfilePlan:
     device = resolve_device(args.device)
     apply_threads(args.threads)
     arch, batch, seq_len, dtype = PROFILE_DEFAULTS[_device_type(device)]
+    if args.model is not None or args.texts is not None:
+        return _user_profile_plan(args, device, batch, dtype)
     if args.model_dir and args.arch:
         raise ValueError("give --arch or --model-dir, not both")
     if args.model_dir:
@@ -200,7 +210,10 @@ def run_profile_command(args) -> int:
     plan = profile_plan(args)
     device, dtype, out_dir = plan.device, plan.dtype, plan.out_dir
     base = sweep.load_base_model(plan.model, args.seed)
-    feed = sweep.make_batch(base.config, plan.batch, plan.seq_len, False, args.seed, device)
+    if plan.feed is not None:
+        feed = {k: v.to(device) for k, v in plan.feed.items()}
+    else:
+        feed = sweep.make_batch(base.config, plan.batch, plan.seq_len, False, args.seed, device)
     meta = report.collect_metadata(device)
     peak_tflops, peak_gbps, peak_note = profile.resolve_peak(meta.get("gpu_name"), dtype, args.peak_tflops, args.peak_gbps)
     if _device_type(device) == "cpu" and args.peak_tflops is None:
@@ -236,3 +249,89 @@ def run_profile_command(args) -> int:
     print(f"\nwrote {out_dir / 'profile.json'}, traces, "
           + (f"{png.name}" if png else "no roofline (matplotlib is not installed)"))
     return 0
+
+
+def _user_profile_plan(args, device: str, default_batch: int, default_dtype: str) -> ProfilePlan:
+    """``profile --model PATH [--texts FILE]``: one batch of the user's texts, tokenized as the
+    user's pipeline does; its padded length is the profiled sequence length."""
+    if args.model is None:
+        raise ValueError("--texts goes with --model PATH (your checkpoint on your texts)")
+    _refuse_with_model(args, {"arch": "--arch", "model_dir": "--model-dir", "seq_len": "--seq-len"})
+    batch = default_batch if args.batch is None else args.batch
+    positive_ints(batch, "--batch")
+    positive_ints(args.steps, "--steps")
+    if args.warmup < 0 or args.top < 1:
+        raise ValueError(f"--warmup must be at least 0 and --top positive, got {args.warmup} and {args.top}")
+    dtype = canonical_dtype(args.dtype) if args.dtype else default_dtype
+    user = resolve_user_model(args.model)
+    text_list, _ = read_texts(args.texts)
+    feed = profile_batch(user, text_list, batch)
+    out_dir = output_dir(args.out or str(default_out_dir("profile")), "--out")
+    variants = ["fastbert"] + (["hf_sdpa"] if args.compare == "hf" else [])
+    batch, seq_len = feed["input_ids"].shape
+    return ProfilePlan(device, str(user.hf_dir), batch, seq_len, dtype, variants, out_dir, feed)
+
+
+# ---------------------------------------------------------------------------
+# fastbert bench --model PATH [--texts FILE]: the user's checkpoint on the user's texts
+# ---------------------------------------------------------------------------
+
+# Per device: (batch sizes, dtypes, warm-up passes, timed passes per variant).
+TEXT_DEFAULTS = {"cuda": ([1, 8, 32, 128], ["float16"], 1, 5), "cpu": ([1, 8, 32, 128], ["float32"], 1, 3)}
+SWEEP_ONLY = {"arch": "--arch", "model_dir": "--model-dir", "seq_len": "--seq-len", "no_varlen": "--no-varlen",
+              "variants": "--variants", "compile": "--compile", "no_compile": "--no-compile", "quick": "--quick",
+              "max_time_per_variant": "--max-time-per-variant"}
+"""Options of the random-token sweep that mean nothing for ``--model`` (refused with it)."""
+
+
+def _refuse_with_model(args, options: dict[str, str]) -> None:
+    """ValueError when any of ``options`` (attribute -> flag) was given alongside ``--model``."""
+    given = [flag for attr, flag in options.items() if getattr(args, attr, None) not in (None, False, [])]
+    if given:
+        raise ValueError(f"{' '.join(given)} cannot go with --model: --model runs your checkpoint on your texts, "
+                         "the others choose the random-token runs (--arch / --model-dir)")
+
+
+def text_bench_plan(args) -> texts.TextBenchPlan:
+    """Resolve ``fastbert bench --model``'s arguments; ValueError/TypeError (exit 2) for any bad
+    one, before any model loads."""
+    _refuse_with_model(args, SWEEP_ONLY)
+    device = resolve_device(args.device)
+    apply_threads(args.threads)
+    batches, dtypes, warmup, repeats = TEXT_DEFAULTS[_device_type(device)]
+    batches = args.batch or batches
+    positive_ints(batches, "--batch")
+    dtypes = [canonical_dtype(d) for d in args.dtype] if args.dtype else dtypes
+    measure_options(args, device, list(texts.VARIANTS))  # checks --warmup, --repeats and --time-budget
+    user = resolve_user_model(args.model)
+    text_list, source = read_texts(args.texts)
+    out_dir = output_dir(args.out or str(default_out_dir("bench")), "--out")
+    notes = []
+    if _device_type(device) == "cpu":
+        notes.append("measured on the CPU (no GPU used): these are CPU numbers, not GPU results")
+    return texts.TextBenchPlan(
+        user=user, texts=text_list, texts_source=source, device=device, dtypes=list(dict.fromkeys(dtypes)),
+        batches=list(dict.fromkeys(batches)), warmup=warmup if args.warmup is None else args.warmup,
+        repeats=repeats if args.repeats is None else args.repeats, time_budget_s=args.time_budget, out_dir=out_dir,
+        notes=notes,
+    )
+
+
+def run_text_bench_command(args) -> int:
+    """Run ``fastbert bench --model PATH [--texts FILE]``; returns the exit code."""
+    wall_start = time.perf_counter()
+    plan = text_bench_plan(args)
+    runner = runner_class(plan.user).description
+    plan.notes.append(f"plain: {runner}; fastbert: the same after fastbert.optimize")
+    print(f"fastbert bench: {plan.user.path} ({plan.user.kind}) on {len(plan.texts)} texts from {plan.texts_source}, "
+          f"batch {' '.join(map(str, plan.batches))}, {' '.join(plan.dtypes)}, on {plan.device}", file=sys.stderr)
+    settings = {
+        "model": plan.user.path, "kind": plan.user.kind, "runner": runner, "texts": plan.texts_source,
+        "sentences": len(plan.texts), "max_seq_length": plan.user.max_seq_length, "device": plan.device,
+        "dtypes": plan.dtypes, "batches": plan.batches, "warmup": plan.warmup, "repeats": plan.repeats,
+        "time_budget_s": plan.time_budget_s, "notes": plan.notes,
+        "arguments": {k: v for k, v in vars(args).items() if k != "func"},
+    }
+    record = texts.TextBenchRecord(plan, settings, started=wall_start)
+    entries = texts.run_text_bench(plan, on_entry=record.save)
+    return _exit_code(record.finish(entries))

