@@ -80,8 +80,8 @@ def attention(
     defaults to ``1/sqrt(head_dim)``. Returns ``(batch, seq, hidden)``, or
     ``(tokens, hidden)`` for packed input (``cu_seqlens``/``max_seqlen``).
     ``indices``: packed input only, optional: ``padding.varlen_indices(cu_seqlens,
-    max_seqlen)`` computed once by the caller (an encoder, per forward), which the
-    reference path otherwise computes, with a host sync, on every call.
+    max_seqlen, tokens)`` computed once by the caller (an encoder, per forward), which the
+    reference path otherwise computes again on every call (no host sync either way).
     """
     check_dropout_p(dropout_p)
     if cu_seqlens is not None:
@@ -93,6 +93,16 @@ def attention(
     check_attention_inputs(qkv, num_heads, attn_mask, key_lengths)
     fn = dispatch.implementation("attention", qkv.device)
     return fn(qkv, num_heads, attn_mask=attn_mask, key_lengths=key_lengths, dropout_p=dropout_p, scale=scale)
+
+
+def packed_attention_args(cu_seqlens: torch.Tensor, max_seqlen: int, tokens: int) -> dict:
+    """The packed-layout arguments of :func:`attention` for every layer of a forward, computed
+    once: ``cu_seqlens``, ``max_seqlen`` and, where the reference path will run (it pads
+    through them), ``indices``; the Triton kernels read the packed layout and need none."""
+    args = {"cu_seqlens": cu_seqlens, "max_seqlen": max_seqlen, "indices": None}
+    if dispatch.select_backend(cu_seqlens.device) == "torch":
+        args["indices"] = padding.varlen_indices(cu_seqlens, max_seqlen, tokens)
+    return args
 
 
 def _varlen_attention(qkv, num_heads, cu_seqlens, max_seqlen, attn_mask, key_lengths, dropout_p, scale, indices):
@@ -190,14 +200,12 @@ def varlen_attention_reference(
     """Packed attention (the oracle and the CPU path): pad to ``(batch, max_seqlen)``,
     run :func:`attention_reference` with ``key_lengths``, gather the tokens back.
 
-    ``indices`` (``padding.varlen_indices(cu_seqlens, max_seqlen)``) may be given when
-    already computed; computing them here synchronizes with the device.
+    ``indices`` (``padding.varlen_indices(cu_seqlens, max_seqlen, tokens)``) may be given
+    when already computed (an encoder does, once per forward for all its layers).
     """
     batch, max_seqlen = cu_seqlens.numel() - 1, int(max_seqlen)
     if indices is None:
-        indices = padding.varlen_indices(cu_seqlens, max_seqlen)
-    if indices.numel() != qkv.shape[0]:
-        raise ValueError(f"cu_seqlens describe {indices.numel()} tokens but qkv has {qkv.shape[0]} rows")
+        indices = padding.varlen_indices(cu_seqlens, max_seqlen, qkv.shape[0])
     padded = padding.pad(qkv, indices, batch, max(max_seqlen, 1))
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
     out = attention_reference(padded, num_heads, key_lengths=lengths, dropout_p=dropout_p, scale=scale)

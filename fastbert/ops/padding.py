@@ -42,22 +42,61 @@ class Unpadded(NamedTuple):
     seq: int
 
 
-def unpad(x: torch.Tensor, keep: torch.Tensor, max_seqlen: int | None = None) -> Unpadded:
+def unpad(x: torch.Tensor, keep: torch.Tensor, max_seqlen: int | None = None, tokens: int | None = None) -> Unpadded:
     """Pack the rows of ``x`` (``(batch, seq, ...)``) where ``keep`` (``(batch, seq)`` bool) is True.
 
-    ``max_seqlen``: the longest row's count of True, when the caller already read it (saves a host read).
+    ``max_seqlen``: the longest row's count of True, and ``tokens``: the count of True, when
+    the caller already read them (each saves a host read: with both, nothing is read).
     """
     if keep.dtype != torch.bool or keep.shape != x.shape[:2]:
         raise ValueError(f"keep must be a bool tensor of shape {tuple(x.shape[:2])}, got {keep.dtype} {tuple(keep.shape)}")
     lengths = keep.sum(dim=1, dtype=torch.int32)
     cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
-    indices = torch.nonzero(keep.reshape(-1), as_tuple=False).flatten()
+    indices = packed_positions(keep, tokens)
     if max_seqlen is None:
         max_seqlen = int(lengths.max()) if lengths.numel() else 0
     packed = gather_rows(x.reshape(-1, *x.shape[2:]), indices)
     if not torch.compiler.is_compiling():
         _CHECKED[cu_seqlens] = (_version(cu_seqlens), packed.shape[0], max_seqlen)  # valid by construction
     return Unpadded(packed, indices, cu_seqlens, max_seqlen, x.shape[0], x.shape[1])
+
+
+def packed_positions(keep: torch.Tensor, tokens: int | None = None) -> torch.Tensor:
+    """Flat positions (int64, ascending) of the True entries of ``keep``.
+
+    With ``tokens`` (their count, already read by the caller) no host synchronization
+    happens (``nonzero_static``); without it the count is read from the device, eagerly,
+    or is an unbacked size under ``torch.compile`` (the custom op ``fastbert::packed_positions``).
+    """
+    flat = keep.reshape(-1)
+    if tokens is not None:
+        return torch.nonzero_static(flat, size=tokens).flatten()
+    return packed_positions_op(flat)
+
+
+@torch.library.custom_op("fastbert::packed_positions", mutates_args=())
+def packed_positions_op(flat: torch.Tensor) -> torch.Tensor:
+    """Positions of the True entries of the 1D bool tensor ``flat`` (a data-dependent size)."""
+    return torch.nonzero(flat).flatten()
+
+
+@packed_positions_op.register_fake
+def _(flat):
+    tokens = torch.library.get_ctx().new_dynamic_size(max=flat.shape[0])
+    return flat.new_empty((tokens,), dtype=torch.int64)
+
+
+@torch._dynamo.assume_constant_result
+def packing_traceable() -> bool:
+    """Whether the ``torch.compile`` trace in progress can capture :func:`packed_positions`'
+    data-dependent size in its graph: under ``fullgraph=True`` (or with
+    ``torch._dynamo.config.capture_dynamic_output_shape_ops``). Otherwise such an op is a
+    graph break, which ``torch.cond`` does not allow. Evaluated once per trace, as a constant."""
+    try:
+        context = torch._guards.TracingContext.try_get()
+        return bool(context.fake_mode.shape_env.allow_dynamic_output_shape_ops)
+    except AttributeError:  # no trace in progress, or a torch without these internals
+        return bool(torch._dynamo.config.capture_dynamic_output_shape_ops)
 
 
 def check_cu_seqlens(cu_seqlens, total_tokens: int, max_seqlen) -> None:
@@ -105,11 +144,14 @@ def gather_rows(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return dispatch.implementation("gather_rows", x.device)(x, indices)
 
 
-def varlen_indices(cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
-    """Flat positions in a ``(batch, max_seqlen)`` grid of the packed rows described by ``cu_seqlens``."""
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    keep = torch.arange(max_seqlen, device=cu_seqlens.device)[None, :] < lengths[:, None]
-    return torch.nonzero(keep.reshape(-1), as_tuple=False).flatten()
+def varlen_indices(cu_seqlens: torch.Tensor, max_seqlen: int, tokens: int) -> torch.Tensor:
+    """Flat positions in a ``(batch, max_seqlen)`` grid of the ``tokens`` packed rows described by
+    ``cu_seqlens``, without a host synchronization: token ``t`` of sequence ``b`` (found by a
+    binary search in the offsets) sits at ``b * max_seqlen + t - cu_seqlens[b]``."""
+    offsets = cu_seqlens.long()
+    token = torch.arange(tokens, device=cu_seqlens.device)
+    sequence = torch.searchsorted(offsets[1:], token, right=True)
+    return sequence * max_seqlen + token - offsets[sequence]
 
 
 @dispatch.register("gather_rows", "torch")

@@ -179,7 +179,7 @@ def padded_forward(lengths, num_heads, dropout_p, seed):
     """The padded kernel on the right-padded batch, its real rows gathered back to the packed layout."""
     cu = offsets(lengths)
     batch, seq = len(lengths), max(lengths)
-    indices = varlen_indices(cu, seq)
+    indices = varlen_indices(cu, seq, sum(lengths))
     key_lengths = torch.tensor(lengths, device=DEVICE)
 
     def forward(qkv):
