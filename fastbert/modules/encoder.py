@@ -10,6 +10,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from fastbert.modules.config import FastBertConfig
+from fastbert.modules.cuda_graphs import CudaGraphRunner, GraphBuckets, GraphMemory
 from fastbert.modules.init import init_bert_weights
 from fastbert.modules.layer import FastBertLayer
 from fastbert.modules.masks import normalize_attention_mask
@@ -38,8 +39,15 @@ class FastBertEncoder(nn.Module):
     (the pooler and sequence-level heads read position 0, which with left padding is a pad
     token HF computes a value for). Left-padded batches, rows without real tokens and
     general 3D/4D masks run the padded path. "auto" also needs the padding fraction above
-    a per-device threshold (:mod:`fastbert.modules.unpad_policy`); both facts come from one
-    host read per forward. Under ``torch.compile``/CUDA-graph capture the padded path runs.
+    a per-device threshold (:mod:`fastbert.modules.unpad_policy`); both facts, the token
+    count and the longest row come from one host read per forward. Under
+    ``torch.compile(fullgraph=True)`` the same decision is made on the device and
+    ``torch.cond`` runs the chosen path (without ``fullgraph``, or while a CUDA graph is
+    captured around the encoder, the padded path runs).
+
+    ``cuda_graphs`` (False, True or a :class:`~fastbert.modules.cuda_graphs.GraphBuckets`)
+    replays inference forwards on CUDA from graphs captured per shape bucket
+    (:mod:`fastbert.modules.cuda_graphs`); :meth:`cuda_graph_memory` says what they hold.
     """
 
     def __init__(self, config: FastBertConfig, device=None, dtype=None) -> None:
@@ -65,6 +73,36 @@ class FastBertEncoder(nn.Module):
         # Set by HF's gradient_checkpointing_enable() (it looks for this attribute), or by hand.
         self.gradient_checkpointing = False
         self._gradient_checkpointing_func = None
+        self._graph_runner: CudaGraphRunner | None = None
+
+    @property
+    def cuda_graphs(self) -> CudaGraphRunner | None:
+        """The CUDA-graph runner (None when graphs are off); set to True, False or a
+        :class:`~fastbert.modules.cuda_graphs.GraphBuckets`."""
+        return getattr(self, "_graph_runner", None)
+
+    @cuda_graphs.setter
+    def cuda_graphs(self, setting: bool | GraphBuckets) -> None:
+        if setting is False:
+            self._graph_runner = None
+        elif setting is True or isinstance(setting, GraphBuckets):
+            buckets = setting if isinstance(setting, GraphBuckets) else None
+            runner = self.cuda_graphs
+            if runner is None or buckets is not None and buckets != runner.buckets:
+                self._graph_runner = CudaGraphRunner(buckets)
+        else:
+            raise ValueError(f"cuda_graphs must be True, False or a GraphBuckets, got {setting!r}")
+
+    def cuda_graph_memory(self) -> GraphMemory:
+        """How many CUDA graphs are captured and the bytes they hold (zeros when graphs are off)."""
+        runner = self.cuda_graphs
+        return runner.memory() if runner is not None else GraphMemory(0, 0, 0)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.cuda()/.half() may move the parameters the graphs read: capture again on use.
+        if self.cuda_graphs is not None:
+            self.cuda_graphs.reset()
+        return super()._apply(fn, *args, **kwargs)
 
     @property
     def unpad(self) -> bool | str:
@@ -111,6 +149,10 @@ class FastBertEncoder(nn.Module):
         if batch == 0 or seq == 0:
             raise ValueError(f"the batch is empty: (batch, seq) = {(batch, seq)}; need at least one token")
         mask = normalize_attention_mask(attention_mask, batch, seq, self.head_counts())
+        if self.cuda_graphs is not None and not output_hidden_states:
+            out = self.cuda_graphs.run(self, hidden_states, mask)
+            if out is not None:
+                return EncoderOutput(out, None)
         if torch.compiler.is_compiling():
             return self._compiled_forward(hidden_states, mask, output_hidden_states)
         plan = plan_unpad(self.unpad, mask, batch)

@@ -133,6 +133,47 @@ def check_cu_seqlens(cu_seqlens, total_tokens: int, max_seqlen) -> None:
     _CHECKED[cu_seqlens] = (_version(cu_seqlens), total_tokens, max_seqlen)
 
 
+class BucketLayout(NamedTuple):
+    """A packed layout of fixed size (a CUDA graph's shapes cannot depend on the batch)."""
+
+    indices: torch.Tensor  # (token_bucket,) int64: real tokens' flat positions, then batch * seq for filler rows
+    cu_seqlens: torch.Tensor  # (2 * batch + 1,) int32: the rows' sequences, then the filler's
+    max_seqlen: int
+
+
+def bucket_layout(keep: torch.Tensor, token_bucket: int, max_seqlen: int) -> BucketLayout:
+    """The packed layout of ``keep`` (``(batch, seq)`` bool, at most ``token_bucket`` True) padded
+    to exactly ``token_bucket`` rows, computed on the device without reading anything.
+
+    The real tokens come first, each row's a sequence (rows without tokens: empty ones);
+    the filler rows after them form up to ``batch`` sequences of at most ``max_seqlen``
+    (``>= seq``) rows each, attending only among themselves, so they change no real
+    token's result. Needs ``token_bucket <= batch * max_seqlen``.
+    """
+    batch, seq = keep.shape
+    indices = torch.nonzero_static(keep.reshape(-1), size=token_bucket, fill_value=batch * seq).flatten()
+    lengths = keep.sum(dim=1, dtype=torch.int32)
+    real = torch.cumsum(lengths, 0, dtype=torch.int32)
+    steps = torch.arange(1, batch + 1, dtype=torch.int32, device=keep.device) * max_seqlen
+    filler = torch.clamp(real[-1] + steps, max=token_bucket)
+    cu_seqlens = torch.cat((real.new_zeros(1), real, filler))
+    return BucketLayout(indices, cu_seqlens, max_seqlen)
+
+
+def gather_bucket(x: torch.Tensor, layout: BucketLayout) -> torch.Tensor:
+    """``(token_bucket, ...)``: the rows of ``x`` (``(batch, seq, ...)``) at ``layout.indices``;
+    filler rows copy the last position (finite values, in sequences of their own)."""
+    flat = x.reshape(-1, *x.shape[2:])
+    return gather_rows(flat, layout.indices.clamp(max=flat.shape[0] - 1))
+
+
+def pad_bucket(packed: torch.Tensor, layout: BucketLayout, batch: int, seq: int) -> torch.Tensor:
+    """:func:`pad` for a :func:`bucket_layout`: real rows back to ``(batch, seq, ...)``, zeros at
+    padded positions; the filler rows land in one extra row, dropped."""
+    out = dispatch.implementation("scatter_rows", packed.device)(packed, layout.indices, batch * seq + 1)
+    return out[: batch * seq].view(batch, seq, *packed.shape[1:])
+
+
 def pad(packed: torch.Tensor, indices: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
     """Scatter packed rows back to ``(batch, seq, ...)``, zeros at padded positions."""
     out = dispatch.implementation("scatter_rows", packed.device)(packed, indices, batch * seq)
