@@ -145,13 +145,14 @@ def test_without_a_gpu_the_suite_refuses_unless_asked_for_a_dry_run(tmp_path, mo
     assert "no CUDA GPU" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
-def test_the_gpu_commands_parse(ctx, capsys):
+def test_the_gpu_commands_parse(ctx, capsys, monkeypatch):
     """The GPU-only arguments never run here: each step's GPU command line is at least parsed
     by the program it calls (the crossover scripts with ``--list`` added, which stops there)."""
     import importlib.util
 
     from fastbert.cli import build_parser
 
+    monkeypatch.syspath_prepend(str(Path(gpu_suite.__file__).parent))  # the scripts import their sibling helper
     for step in gpu_suite.STEPS:
         argv = step.argv(ctx)
         if argv[1:3] == ["-m", "fastbert.cli"]:
