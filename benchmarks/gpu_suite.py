@@ -24,7 +24,7 @@ more than the 64 MiB a run may carry to a GPU machine beside the checkout (a whe
 git-ignored folder of the checkout, installed there with ``pip install --no-index
 --target``, is how a smaller missing package would travel).
 
-Adding a step (a CUDA-graph latency sweep, a training step, ...): write a function
+Adding a step (a training step, ...): write a function
 ``ctx -> argv`` and append ``Step(name, limit_s, argv_fn, outputs)`` to ``STEPS`` (or call
 :func:`add_step`), with ``outputs`` the files it writes under ``ctx.work`` and
 ``returned`` the one small file, if any, worth reading without the tarball. Give it
@@ -138,13 +138,25 @@ STEPS: list[Step] = [
          lambda ctx: _py(ctx, str(REPO / "benchmarks" / "elementwise_microbench.py"), "--json", str(ctx.work / "elementwise.json"),
                          *(["--tiny", "--dtype", "fp32"] if ctx.dry_run else [])),
          lambda ctx: ["elementwise.json"], returned="elementwise.json", env=_interpret_on_cpu),
-    Step("bench", 110,
+    Step("bench", 70,
          lambda ctx: _cli(ctx, "bench", "--out", str(ctx.work / "bench"), *(
              ["--arch", "bert-tiny", "--batch", "2", "--seq-len", "32", "--dtype", "fp32", "--warmup", "1", "--repeats", "3"]
              if ctx.dry_run else
              # torch.compile's baseline is left to a separate run: its compilations (30-70 s each) do not fit here.
-             ["--quick", "--no-compile", "--time-budget", "80", "--warmup", "3", "--max-time-per-variant", "0.5"])),
+             ["--quick", "--no-compile", "--time-budget", "55", "--warmup", "3", "--max-time-per-variant", "0.5"])),
          lambda ctx: ["bench/bench.json", "bench/bench.csv"], returned="bench/bench.json"),
+    # Small-batch latency, where CUDA graphs matter: fastbert in its cuda_graphs=True mode beside HF
+    # SDPA and fastbert eager (no varlen batches), in the tarball. torch.compile(mode="reduce-overhead") is the
+    # variant hf_compile_ro, left to a run of its own: `fastbert bench --arch bert-base --batch 1 2 4 8
+    # --seq-len 16 32 64 128 --dtype fp16 --no-varlen --variants hf_sdpa hf_compile_ro fastbert fastbert_graphs`.
+    Step("latency", 40,
+         lambda ctx: _cli(ctx, "bench", "--out", str(ctx.work / "latency"), "--no-varlen", "--no-plots", "--variants",
+                          "hf_sdpa", "fastbert", "fastbert_graphs", *(
+             ["--arch", "bert-tiny", "--batch", "1", "--seq-len", "16", "--dtype", "fp32", "--warmup", "1", "--repeats", "3"]
+             if ctx.dry_run else
+             ["--arch", "bert-base", "--batch", "1", "8", "--seq-len", "16", "128", "--dtype", "fp16",
+              "--time-budget", "30", "--warmup", "5", "--max-time-per-variant", "0.5"])),
+         lambda ctx: ["latency/bench.json"]),  # in the tarball (a returned file's name must be unique)
     Step("profile", 35,
          lambda ctx: _cli(ctx, "profile", "--compare", "hf", "--out", str(ctx.work / "profile"), *(
              ["--arch", "bert-tiny", "--batch", "2", "--seq-len", "32", "--dtype", "fp32", "--steps", "1", "--warmup", "1"]

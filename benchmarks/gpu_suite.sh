@@ -5,7 +5,7 @@
 #   FASTBERT_SUITE_ALLOW_CPU=1 benchmarks/gpu_suite.sh OUT_DIR   # CPU dry run (tiny shapes, < 2 min; CI runs it)
 #
 # The steps, their time limits and the files they write are in benchmarks/gpu_suite.py
-# (env, gpu-tests, compile-check, attention, elementwise, bench, profile, linear-crossover,
+# (env, gpu-tests, compile-check, attention, elementwise, bench, latency, profile, linear-crossover,
 # sparse-crossover). OUT_DIR ends up with at most 8 files: summary.json, a few small JSONs,
 # results.tar.gz. Then, here: python benchmarks/ingest_gpu_results.py OUT_DIR.
 #

@@ -85,7 +85,8 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, nargs="+", help="sequence lengths (padded length of every batch)")
     p.add_argument("--dtype", nargs="+", help="fp32 fp16 bf16 (or float32 float16 bfloat16)")
     p.add_argument("--no-varlen", action="store_true", help="skip the variable-length batches (lengths uniform in [16, seq])")
-    p.add_argument("--variants", nargs="+", help="subset of hf_eager hf_sdpa hf_compile fastbert fastbert_cudagraph")
+    p.add_argument("--variants", nargs="+", help="subset of hf_eager hf_sdpa hf_compile fastbert fastbert_cudagraph (the default), and "
+                   "fastbert_graphs hf_compile_ro (GPU only, on request)")
     p.add_argument("--compile", action="store_true", help="include torch.compile on the CPU (skipped there by default)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile everywhere")
     p.add_argument("--quick", action="store_true", help="smaller default sweep (GPU: bert-base, batch 1 32 128)")

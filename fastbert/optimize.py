@@ -7,11 +7,12 @@ from torch import nn
 from fastbert.models import adapter_for, hf_base_model
 from fastbert.models.heads import convert_head_transforms
 from fastbert.models.base import convert_base_model, is_optimized
+from fastbert.modules.cuda_graphs import GraphBuckets
 from fastbert.modules.unpad_policy import check_unpad_mode
 from fastbert.wrapped_models import wrapped_hf_models
 
 
-def optimize(model: nn.Module, *, unpad: bool | str = "auto") -> nn.Module:
+def optimize(model: nn.Module, *, unpad: bool | str = "auto", cuda_graphs: bool | GraphBuckets = False) -> nn.Module:
     """Run ``model``'s embeddings and encoder on fastbert; returns the same object.
 
     ``model`` is an HF base model (``BertModel``, ``RobertaModel``, ...) or one of its
@@ -22,19 +23,27 @@ def optimize(model: nn.Module, *, unpad: bool | str = "auto") -> nn.Module:
     pooler, embedding tables (and their ties), config, output classes and state-dict
     names stay as they were, so the rest of the user's code keeps working. MLM head
     transforms (dense + activation + LayerNorm) also run through fastbert ops. Calling it on
-    an optimized model only updates ``unpad``. Raises TypeError for unsupported families
+    an optimized model only updates ``unpad`` and ``cuda_graphs``. Raises TypeError for unsupported families
     and ValueError for unsupported options (decoders, relative positions, ...).
 
     ``unpad``: with a padding mask, run the encoder on the packed real tokens (True),
     never (False), or when the batch's padding fraction is above a per-device threshold
     ("auto", see :mod:`fastbert.modules.unpad_policy`). Results on real tokens are the
     same either way; hidden states at padded positions are zeros when unpadded.
+
+    ``cuda_graphs``: replay inference forwards of the encoder on CUDA from CUDA graphs, one
+    per shape bucket (True: the default :class:`~fastbert.modules.cuda_graphs.GraphBuckets`,
+    or give one), captured on first use; other calls run eagerly. Returned tensors are the
+    caller's (copied out of the graph). ``model.base_model.encoder.cuda_graph_memory()``
+    says what the graphs hold. See :mod:`fastbert.modules.cuda_graphs`.
     """
     check_unpad_mode(unpad)
+    if not (cuda_graphs is True or cuda_graphs is False or isinstance(cuda_graphs, GraphBuckets)):
+        raise ValueError(f"cuda_graphs must be True, False or a fastbert.GraphBuckets, got {cuda_graphs!r}")
     wrapped = wrapped_hf_models(model)
     if wrapped is not None:
         for inner in wrapped:
-            optimize(inner, unpad=unpad)
+            optimize(inner, unpad=unpad, cuda_graphs=cuda_graphs)
         return model
     base = hf_base_model(model)
     if not is_optimized(base):
@@ -44,4 +53,5 @@ def optimize(model: nn.Module, *, unpad: bool | str = "auto") -> nn.Module:
         for module in {id(m): m for m in (model, base)}.values():
             module.supports_gradient_checkpointing = True
     base.encoder.unpad = unpad
+    base.encoder.cuda_graphs = cuda_graphs
     return model

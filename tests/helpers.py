@@ -6,6 +6,7 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 TORCH_ACTIVATIONS = {
     None: lambda z: z,
@@ -101,3 +102,40 @@ def grads_in_hf_names(model) -> dict:
         for dst, src in zip(holder.parameters(), model.parameters()):
             dst.copy_(src.grad if src.grad is not None else torch.full_like(dst, float("nan")))
     return holder.state_dict()
+
+
+aten = torch.ops.aten
+SYNCING_OPS = {
+    aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default, aten.is_nonzero.default,
+    aten.repeat_interleave.Tensor, aten.equal.default, aten._unique2.default, aten.unique_consecutive.default,
+    aten.unique_dim.default,
+}  # fmt: skip
+
+
+class HostSyncs(TorchDispatchMode):
+    """Counts the operations of a block that make the host wait for a tensor's values (a GPU
+    sync), by name, in ``self.ops``: the aten ops in :data:`SYNCING_OPS` (boolean indexing,
+    ``repeat_interleave`` without ``output_size``), seen by a dispatch mode, and ``.tolist()``,
+    which bypasses the dispatcher and is counted by patching it with ``monkeypatch``."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.ops: list[str] = []
+        tolist = torch.Tensor.tolist
+
+        def counted(t):
+            self.ops.append("tolist")
+            return tolist(t)
+
+        monkeypatch.setattr(torch.Tensor, "tolist", counted)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        syncs = func in SYNCING_OPS
+        if func is aten.repeat_interleave.Tensor and kwargs.get("output_size") is not None:
+            syncs = False
+        if func in (aten.index.Tensor, aten.index_put.default, aten.index_put_.default):
+            syncs = any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None)
+        if syncs:
+            self.ops.append(str(func))
+        return func(*args, **kwargs)

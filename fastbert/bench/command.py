@@ -24,7 +24,7 @@ import torch
 
 from fastbert.bench import measure, profile, report, sweep, texts
 from fastbert.bench.user_model import profile_batch, read_texts, resolve_user_model, runner_class
-from fastbert.bench.variants import BASELINES, VARIANTS
+from fastbert.bench.variants import BASELINES, COMPILED, DEFAULT_VARIANTS, VARIANTS
 from fastbert.cli_args import checkpoint_dir, output_dir, positive_ints, resolve_device
 from fastbert.numerics import DTYPES, canonical_dtype
 
@@ -72,18 +72,19 @@ class BenchPlan:
 def choose_variants(device: str, requested: list[str] | None, compile_on_cpu: bool, no_compile: bool) -> tuple[list[str], list[str]]:
     """(variants to run, notes on what was left out and why)."""
     notes = []
-    names = list(requested) if requested else list(VARIANTS)
+    names = list(requested) if requested else list(DEFAULT_VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; expected some of {list(VARIANTS)}")
     on_gpu = device.startswith("cuda")
-    if not on_gpu and "fastbert_cudagraph" in names:
-        names.remove("fastbert_cudagraph")
-        notes.append("fastbert_cudagraph skipped: CUDA graphs need a GPU")
-    if "hf_compile" in names and (no_compile or (not on_gpu and not compile_on_cpu and not requested)):
-        names.remove("hf_compile")
-        why = "--no-compile was given" if no_compile else "compiling is slow on a few CPU cores; pass --compile to include it"
-        notes.append(f"hf_compile (torch.compile of HF sdpa) skipped: {why}")
+    for name in [n for n in names if VARIANTS[n].gpu_only and not on_gpu]:
+        names.remove(name)
+        notes.append(f"{name} skipped: CUDA graphs need a GPU")
+    for name in [n for n in names if n in COMPILED]:
+        if no_compile or (not on_gpu and not compile_on_cpu and not requested):
+            names.remove(name)
+            why = "--no-compile was given" if no_compile else "compiling is slow on a few CPU cores; pass --compile to include it"
+            notes.append(f"{name} ({VARIANTS[name].description}) skipped: {why}")
     if "fastbert" not in names:
         notes.append("no 'fastbert' variant: no speedups are reported")
     return names, notes

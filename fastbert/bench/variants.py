@@ -6,8 +6,14 @@
   policy: the first shape compiles static, later shapes recompile once with dynamic sizes).
 - ``fastbert``: ``fastbert.optimize`` on a copy of the HF model (padding-free ``unpad="auto"``).
 - ``fastbert_cudagraph`` (GPU only): the fastbert model replayed from a CUDA graph captured
-  with ``torch.cuda.graph`` per input shape. It runs the padded path (``unpad=False``):
-  packed execution has data-dependent shapes, which a graph cannot capture.
+  by hand with ``torch.cuda.graph`` per input shape, on the padded path (``unpad=False``).
+- ``fastbert_graphs`` (GPU only, on request): the user-facing mode,
+  ``fastbert.optimize(model, cuda_graphs=True)``: graphs per shape bucket, packed or padded.
+- ``hf_compile_ro`` (GPU only, on request): ``torch.compile(mode="reduce-overhead")`` of the
+  HF SDPA model (Inductor with CUDA graphs), the baseline for the graph modes.
+
+``DEFAULT_VARIANTS`` are the ones a sweep runs without ``--variants``; the on-request ones
+are for the small-batch latency sweep (``benchmarks/gpu_suite.py``'s ``latency`` step).
 
 A variant is how to build the module and how to call it on a batch; a future
 ``bench --train`` (training-step timing) would add its calls (forward, backward,
@@ -65,12 +71,20 @@ def _build_compile(base, dtype, device):
     return torch.compile(_hf_copy(base, dtype, device, "sdpa"))
 
 
+def _build_compile_reduce_overhead(base, dtype, device):
+    return torch.compile(_hf_copy(base, dtype, device, "sdpa"), mode="reduce-overhead")
+
+
 def _build_fastbert(base, dtype, device):
     return fastbert.optimize(_hf_copy(base, dtype, device, "sdpa"))
 
 
 def _build_fastbert_padded(base, dtype, device):
     return fastbert.optimize(_hf_copy(base, dtype, device, "sdpa"), unpad=False)
+
+
+def _build_fastbert_graphs(base, dtype, device):
+    return fastbert.optimize(_hf_copy(base, dtype, device, "sdpa"), cuda_graphs=True)
 
 
 def plain_forward(model: nn.Module, inputs: dict) -> Forward:
@@ -112,6 +126,12 @@ VARIANTS: dict[str, Variant] = {
         Variant("fastbert", "fastbert.optimize(HF)", False, False, _build_fastbert, plain_forward),
         Variant("fastbert_cudagraph", "fastbert.optimize(HF, unpad=False) in a CUDA graph", False, True,
                 _build_fastbert_padded, cuda_graph_forward),
+        Variant("fastbert_graphs", "fastbert.optimize(HF, cuda_graphs=True)", False, True, _build_fastbert_graphs,
+                plain_forward),
+        Variant("hf_compile_ro", "torch.compile(HF sdpa, mode='reduce-overhead')", True, True,
+                _build_compile_reduce_overhead, plain_forward),
     ]
 }
+DEFAULT_VARIANTS = ("hf_eager", "hf_sdpa", "hf_compile", "fastbert", "fastbert_cudagraph")
+COMPILED = ("hf_compile", "hf_compile_ro")  # slow to build: left out with --no-compile, and by default on the CPU
 BASELINES = tuple(n for n, v in VARIANTS.items() if v.baseline)

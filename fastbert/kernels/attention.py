@@ -36,6 +36,12 @@ regenerates the forward's exactly. Sequences with dropout are limited to
 
 The oracles are ``fastbert.ops.attention.attention_reference`` and
 ``varlen_attention_reference``.
+
+Launchers trust their callers: ``fastbert.ops.attention`` checks the arguments once at the
+public boundary (shapes, dtypes, masks and their devices, ``dropout_p``, ``cu_seqlens``) and
+its Triton path adds :func:`check_supported` (what only these kernels need); the launchers
+(``attention_forward``/``_backward``, ``varlen_attention_forward``/``_backward``) check
+nothing, so a call through the op pays for each check once.
 """
 
 from __future__ import annotations
@@ -49,7 +55,6 @@ import triton
 import triton.language as tl
 
 from fastbert.kernels import launch, registry
-from fastbert.kernels.dropout import check_dropout_p, check_seed
 from fastbert.kernels.dtypes import TRITON_NAMES
 from fastbert.kernels.registry import Variant
 
@@ -545,25 +550,24 @@ def _tuned(name: str, arch: int, dtype: str, head_dim_pad: int, dropout: bool):
     return triton.autotune(configs=configs, key=key)(entry.fn)
 
 
-def _check_qkv(qkv: torch.Tensor, num_heads: int, layout: str = "(batch, seq, 3*hidden)") -> int:
-    """Validate ``qkv`` (3D padded, or 2D packed for ``layout="(tokens, 3*hidden)"``); returns head_dim."""
-    if not isinstance(qkv, torch.Tensor):
-        raise TypeError(f"qkv must be a torch.Tensor, got {type(qkv).__name__}")
+def check_supported(qkv: torch.Tensor, num_heads: int, seq_len: int, dropout_p: float) -> None:
+    """TypeError/ValueError unless the kernels take this ``qkv`` (padded ``(batch, seq, 3*hidden)``
+    or packed ``(tokens, 3*hidden)``, already checked by ``fastbert.ops.attention``): float16,
+    bfloat16 or float32 on a device the kernels run on, ``head_dim`` at most ``MAX_HEAD_DIM``,
+    and sequences (``seq_len``: the padded length, or ``max_seqlen``) of at most
+    ``MAX_DROPOUT_SEQLEN`` positions with dropout. The ops' Triton path calls it once per
+    call; the launchers below check nothing."""
     if qkv.dtype not in TRITON_NAMES:
         raise TypeError(f"qkv must be float16, bfloat16 or float32 for the Triton attention kernel, got {qkv.dtype}")
-    if qkv.dim() != layout.count(",") + 1:
-        raise ValueError(f"qkv must have shape {layout}, got {tuple(qkv.shape)}")
     launch.check_device("qkv", qkv)
-    if not isinstance(num_heads, int) or num_heads <= 0 or qkv.shape[-1] % (3 * num_heads):
-        raise ValueError(f"qkv's last dimension ({qkv.shape[-1]}) must be 3 * num_heads * head_dim, num_heads={num_heads}")
     head_dim = qkv.shape[-1] // (3 * num_heads)
     if head_dim > MAX_HEAD_DIM:
         raise ValueError(f"head_dim must be at most {MAX_HEAD_DIM} for the Triton attention kernel, got {head_dim}")
-    if qkv.dim() == 3 and qkv.shape[1] == 0:
-        raise ValueError("qkv must have at least one sequence position")
-    if qkv.stride(-1) != 1:
-        raise ValueError(f"qkv must have stride 1 in its last dimension, got strides {qkv.stride()}")
-    return head_dim
+    if dropout_p > 0.0 and seq_len > MAX_DROPOUT_SEQLEN:
+        raise ValueError(
+            f"dropout needs sequences of at most {MAX_DROPOUT_SEQLEN} positions (16-bit positions in the "
+            f"RNG counter), got {seq_len}"
+        )
 
 
 class _Masks(NamedTuple):
@@ -575,49 +579,16 @@ class _Masks(NamedTuple):
     key_lengths: torch.Tensor | None = None
 
 
-def _mask_args(attn_mask, key_lengths, qkv: torch.Tensor, num_heads: int) -> _Masks:
-    """Validate the masks of a padded ``qkv``."""
-    batch, seq = qkv.shape[:2]
-    masks = _Masks()
+def _mask_args(attn_mask, key_lengths) -> _Masks:
+    """The masks of a padded ``qkv`` as the kernels read them (shapes and devices checked by the op)."""
+    masks = _Masks(key_lengths=key_lengths)
     if attn_mask is not None:
-        if not isinstance(attn_mask, torch.Tensor):
-            raise TypeError(f"attn_mask must be a tensor or None, got {type(attn_mask).__name__}")
-        if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
-            raise TypeError(f"attn_mask must be bool (True = attend) or floating additive, got {attn_mask.dtype}")
-        if attn_mask.device != qkv.device:
-            raise ValueError(f"attn_mask must be on {qkv.device}, got {attn_mask.device}")
-        if attn_mask.dim() > 4:
-            raise ValueError(f"attn_mask must have at most 4 dimensions, got shape {tuple(attn_mask.shape)}")
         mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
-        full = (batch, num_heads, seq, seq)
-        if any(s not in (1, f) for s, f in zip(mask.shape, full)):
-            raise ValueError(f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to (batch, heads, q, k) = {full}")
         if mask.dtype == torch.float64:
             mask = mask.float()  # the kernel adds masks in fp32
         strides = tuple(0 if size == 1 else stride for size, stride in zip(mask.shape, mask.stride()))
         masks = masks._replace(attn_mask=mask, strides=strides, is_bool=mask.dtype == torch.bool)
-    if key_lengths is not None:
-        if not isinstance(key_lengths, torch.Tensor):
-            raise TypeError(f"key_lengths must be a tensor or None, got {type(key_lengths).__name__}")
-        if key_lengths.shape != (batch,) or key_lengths.dtype not in (torch.int32, torch.int64):
-            raise ValueError(
-                f"key_lengths must be an int32/int64 tensor of shape ({batch},), got {key_lengths.dtype} {tuple(key_lengths.shape)}"
-            )
-        if key_lengths.device != qkv.device:
-            raise ValueError(f"key_lengths must be on {qkv.device}, got {key_lengths.device}")
-        masks = masks._replace(key_lengths=key_lengths)
     return masks
-
-
-def _check_dropout(dropout_p: float, seed: int, max_seqlen: int) -> None:
-    check_dropout_p(dropout_p)
-    check_seed(seed, dropout_p)
-    if dropout_p > 0.0:
-        if max_seqlen > MAX_DROPOUT_SEQLEN:
-            raise ValueError(
-                f"dropout needs sequences of at most {MAX_DROPOUT_SEQLEN} positions (16-bit positions in the "
-                f"RNG counter), got {max_seqlen}"
-            )
 
 
 def _seq_bucket(seq: int) -> int:
@@ -710,11 +681,10 @@ def attention_forward(
     is the row's log-sum-exp), needed by :func:`attention_backward`.
     ``scale`` defaults to ``1/sqrt(head_dim)``; ``seed`` (in ``[0, 2**31)``) selects
     the dropout mask; ``key_lengths`` values are clamped to ``[0, seq]``.
+    Trusts its caller (see the module docstring).
     """
-    _check_qkv(qkv, num_heads)
-    masks = _mask_args(attn_mask, key_lengths, qkv, num_heads)
     batch, seq = qkv.shape[:2]
-    _check_dropout(dropout_p, seed, seq)
+    masks = _mask_args(attn_mask, key_lengths)
     return _forward(qkv, num_heads, batch, seq, None, masks, dropout_p, scale, seed)
 
 
@@ -734,42 +704,14 @@ def attention_backward(
 
     ``out`` and ``stats`` are the forward's results; masks, ``dropout_p``, ``scale``
     and ``seed`` must be the forward's. Returns ``dqkv`` (batch, seq, 3*hidden),
-    contiguous, in ``qkv``'s dtype. No gradient flows to ``attn_mask``.
+    contiguous, in ``qkv``'s dtype. No gradient flows to ``attn_mask``. Trusts its caller.
     """
-    _check_qkv(qkv, num_heads)
-    masks = _mask_args(attn_mask, key_lengths, qkv, num_heads)
-    batch, seq, width = qkv.shape
-    _check_dropout(dropout_p, seed, seq)
-    for name, t in (("dout", dout), ("out", out)):
-        if not isinstance(t, torch.Tensor) or t.shape != (batch, seq, width // 3) or t.dtype != qkv.dtype:
-            raise ValueError(
-                f"{name} must be a {qkv.dtype} tensor of shape {(batch, seq, width // 3)}, got "
-                f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}"
-            )
-        if t.device != qkv.device or t.stride(2) != 1:
-            raise ValueError(f"{name} must be on {qkv.device} with stride 1 in its last dimension")
-    expected = (batch, num_heads, 2, seq)
-    if not isinstance(stats, torch.Tensor) or stats.shape != expected or stats.dtype != torch.float32:
-        raise ValueError(f"stats must be the forward's float32 tensor of shape {expected}")
-    if not stats.is_contiguous() or stats.device != qkv.device:
-        raise ValueError(f"stats must be contiguous and on {qkv.device}")
+    batch, seq = qkv.shape[:2]
+    masks = _mask_args(attn_mask, key_lengths)
     return _backward(dout, qkv, out, stats, num_heads, batch, seq, None, masks, dropout_p, scale, seed)
 
 
 # --- packed (variable-length) layout --------------------------------------------------
-
-
-def check_varlen_inputs(qkv: torch.Tensor, num_heads: int, cu_seqlens: torch.Tensor, max_seqlen: int, dropout_p: float) -> None:
-    """What the packed kernels need beyond :func:`fastbert.ops.attention`'s checks (shapes and types only).
-
-    ``qkv`` (tokens, 3*hidden) in fp16/bf16/fp32 with stride 1 in its last dimension,
-    head_dim <= 128; ``cu_seqlens`` int32 on ``qkv``'s device; ``max_seqlen`` at most
-    ``MAX_DROPOUT_SEQLEN`` with dropout. The values of ``cu_seqlens`` are not read here.
-    """
-    _check_qkv(qkv, num_heads, "(tokens, 3*hidden)")
-    if cu_seqlens.dtype != torch.int32 or cu_seqlens.device != qkv.device:
-        raise ValueError(f"cu_seqlens must be int32 on {qkv.device}, got {cu_seqlens.dtype} on {cu_seqlens.device}")
-    _check_dropout(dropout_p, 0, max_seqlen)
 
 
 def varlen_attention_forward(
@@ -782,7 +724,7 @@ def varlen_attention_forward(
     Returns ``(out, stats)``: ``out`` (tokens, hidden) contiguous in ``qkv``'s dtype and
     ``stats`` (heads, 2, tokens) float32 (as :func:`attention_forward`'s, per token).
     Rows outside every sequence (past ``cu_seqlens[-1]``) are not written.
-    Trusts its caller (:func:`check_varlen_inputs` and ``fastbert.ops.attention`` check):
+    Trusts its caller (``fastbert.ops.attention`` and :func:`check_supported` check):
     ``cu_seqlens`` int32 of ``batch + 1`` non-decreasing offsets from 0, ``max_seqlen``
     at least the longest sequence.
     """

@@ -1,4 +1,4 @@
-"""Dropout's arguments, one definition for the launchers and the ops.
+"""Dropout's arguments: the ops' probability check, and the seed the ops draw and the launchers read.
 
 A dropout mask is a function of a seed: the forward kernel draws it and the backward
 kernel regenerates it from the same seed. The ops draw the seed from PyTorch's default
@@ -19,12 +19,6 @@ def check_dropout_p(dropout_p: float) -> None:
     """ValueError unless ``0 <= dropout_p < 1``."""
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-
-
-def check_seed(seed, dropout_p: float) -> None:
-    """ValueError unless ``seed`` is an int in ``[0, 2**31)`` when ``dropout_p > 0`` (ignored otherwise)."""
-    if dropout_p > 0.0 and (not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT):
-        raise ValueError(f"seed must be an int in [0, 2**31) when dropout_p > 0, got {seed!r}")
 
 
 def draw_seed(dropout_p: float) -> torch.Tensor | None:

@@ -26,7 +26,6 @@ import triton
 import triton.language as tl
 
 from fastbert.kernels import launch, registry
-from fastbert.kernels.dropout import check_dropout_p, check_seed
 from fastbert.kernels.dtypes import TRITON_NAMES
 from fastbert.kernels.layernorm import MAX_HIDDEN, column_sums, dropout_keep, layernorm_configs
 from fastbert.kernels.registry import Variant
@@ -226,8 +225,10 @@ def _table(name: str, t: torch.Tensor | None, hidden: int, dtype: torch.dtype, d
 
 
 def _prepare(input_ids, position_ids, token_type_ids, word_weight, position_weight, token_type_weight,
-             norm_weight, norm_bias, inputs_embeds, dropout_p, seed):  # fmt: skip
-    """Validate; returns the kernel's tensor arguments, strides and flags."""
+             norm_weight, norm_bias, inputs_embeds, dropout_p):  # fmt: skip
+    """The kernel's tensor arguments, strides and flags, after the checks its indexing relies on
+    (shapes, dtypes and devices of ids and tables: cheap, and a wrong one would read outside a
+    tensor); ``dropout_p`` and the seed are the op's to check (the launchers trust their callers)."""
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("exactly one of input_ids and inputs_embeds must be given")
     if not isinstance(position_weight, torch.Tensor) or position_weight.dim() != 2:
@@ -261,8 +262,6 @@ def _prepare(input_ids, position_ids, token_type_ids, word_weight, position_weig
     for name, t in (("norm_weight", norm_weight), ("norm_bias", norm_bias)):
         if not isinstance(t, torch.Tensor) or t.shape != (hidden,) or t.dtype not in TRITON_NAMES or t.device != device:
             raise ValueError(f"{name} must be a float tensor of shape ({hidden},) on {device}")
-    check_dropout_p(dropout_p)
-    check_seed(seed, dropout_p)
     dummy = posw
     emb = inputs_embeds if inputs_embeds is not None else dummy
     tensors = (ids if ids is not None else pos, pos, types if types is not None else pos,
@@ -287,7 +286,7 @@ def embeddings_forward(
     """
     tensors, strides, flags, (batch, seq, hidden, dtype, device) = _prepare(
         input_ids, position_ids, token_type_ids, word_weight, position_weight, token_type_weight,
-        norm_weight, norm_bias, inputs_embeds, dropout_p, seed,
+        norm_weight, norm_bias, inputs_embeds, dropout_p,
     )  # fmt: skip
     n_rows = batch * seq
     out = launch.empty((batch, seq, hidden), dtype, device)
@@ -316,7 +315,7 @@ def embeddings_backward(
     """
     tensors, strides, flags, (batch, seq, hidden, dtype, device) = _prepare(
         input_ids, position_ids, token_type_ids, word_weight, position_weight, token_type_weight,
-        norm_weight, norm_weight, inputs_embeds, dropout_p, seed,
+        norm_weight, norm_weight, inputs_embeds, dropout_p,
     )  # fmt: skip
     n_rows = batch * seq
     if not isinstance(dy, torch.Tensor) or dy.shape != (batch, seq, hidden) or dy.device != device:

@@ -10,11 +10,13 @@ import torch.utils.checkpoint
 from torch import nn
 
 from fastbert.modules.config import FastBertConfig
+from fastbert.modules.cuda_graphs import CudaGraphRunner, GraphBuckets, GraphMemory
 from fastbert.modules.init import init_bert_weights
 from fastbert.modules.layer import FastBertLayer
 from fastbert.modules.masks import normalize_attention_mask
-from fastbert.modules.unpad_policy import check_unpad_mode, plan_unpad
-from fastbert.ops.padding import check_cu_seqlens, pad, unpad
+from fastbert.modules.unpad_policy import check_unpad_mode, plan_unpad, unpad_condition
+from fastbert.ops.attention import packed_attention_args
+from fastbert.ops.padding import check_cu_seqlens, pad, packing_traceable, unpad
 
 
 class EncoderOutput(NamedTuple):
@@ -37,8 +39,15 @@ class FastBertEncoder(nn.Module):
     (the pooler and sequence-level heads read position 0, which with left padding is a pad
     token HF computes a value for). Left-padded batches, rows without real tokens and
     general 3D/4D masks run the padded path. "auto" also needs the padding fraction above
-    a per-device threshold (:mod:`fastbert.modules.unpad_policy`); both facts come from one
-    host read per forward. Under ``torch.compile``/CUDA-graph capture the padded path runs.
+    a per-device threshold (:mod:`fastbert.modules.unpad_policy`); both facts, the token
+    count and the longest row come from one host read per forward. Under
+    ``torch.compile(fullgraph=True)`` the same decision is made on the device and
+    ``torch.cond`` runs the chosen path (without ``fullgraph``, or while a CUDA graph is
+    captured around the encoder, the padded path runs).
+
+    ``cuda_graphs`` (False, True or a :class:`~fastbert.modules.cuda_graphs.GraphBuckets`)
+    replays inference forwards on CUDA from graphs captured per shape bucket
+    (:mod:`fastbert.modules.cuda_graphs`); :meth:`cuda_graph_memory` says what they hold.
     """
 
     def __init__(self, config: FastBertConfig, device=None, dtype=None) -> None:
@@ -64,6 +73,36 @@ class FastBertEncoder(nn.Module):
         # Set by HF's gradient_checkpointing_enable() (it looks for this attribute), or by hand.
         self.gradient_checkpointing = False
         self._gradient_checkpointing_func = None
+        self._graph_runner: CudaGraphRunner | None = None
+
+    @property
+    def cuda_graphs(self) -> CudaGraphRunner | None:
+        """The CUDA-graph runner (None when graphs are off); set to True, False or a
+        :class:`~fastbert.modules.cuda_graphs.GraphBuckets`."""
+        return getattr(self, "_graph_runner", None)
+
+    @cuda_graphs.setter
+    def cuda_graphs(self, setting: bool | GraphBuckets) -> None:
+        if setting is False:
+            self._graph_runner = None
+        elif setting is True or isinstance(setting, GraphBuckets):
+            buckets = setting if isinstance(setting, GraphBuckets) else None
+            runner = self.cuda_graphs
+            if runner is None or buckets is not None and buckets != runner.buckets:
+                self._graph_runner = CudaGraphRunner(buckets)
+        else:
+            raise ValueError(f"cuda_graphs must be True, False or a GraphBuckets, got {setting!r}")
+
+    def cuda_graph_memory(self) -> GraphMemory:
+        """How many CUDA graphs are captured and the bytes they hold (zeros when graphs are off)."""
+        runner = self.cuda_graphs
+        return runner.memory() if runner is not None else GraphMemory(0, 0, 0)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.cuda()/.half() may move the parameters the graphs read: capture again on use.
+        if self.cuda_graphs is not None:
+            self.cuda_graphs.reset()
+        return super()._apply(fn, *args, **kwargs)
 
     @property
     def unpad(self) -> bool | str:
@@ -103,20 +142,60 @@ class FastBertEncoder(nn.Module):
                 raise ValueError("packed input (cu_seqlens) takes no attention_mask: the lengths are the mask")
             self._check_hidden(hidden_states, 2, "(tokens, hidden)")
             check_cu_seqlens(cu_seqlens, hidden_states.shape[0], max_seqlen)
-            return self._run(hidden_states, output_hidden_states, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+            tokens = hidden_states.shape[0]
+            return self._run(hidden_states, output_hidden_states, **packed_attention_args(cu_seqlens, max_seqlen, tokens))
         self._check_hidden(hidden_states, 3, "(batch, seq, hidden)")
         batch, seq = hidden_states.shape[:2]
         if batch == 0 or seq == 0:
             raise ValueError(f"the batch is empty: (batch, seq) = {(batch, seq)}; need at least one token")
         mask = normalize_attention_mask(attention_mask, batch, seq, self.head_counts())
+        if self.cuda_graphs is not None and not output_hidden_states:
+            out = self.cuda_graphs.run(self, hidden_states, mask)
+            if out is not None:
+                return EncoderOutput(out, None)
+        if torch.compiler.is_compiling():
+            return self._compiled_forward(hidden_states, mask, output_hidden_states)
         plan = plan_unpad(self.unpad, mask, batch)
         if plan is None:
             return self._run(hidden_states, output_hidden_states, attn_mask=mask)
-        packed = unpad(hidden_states, plan.keep, plan.max_seqlen)
-        out = self._run(packed.packed, output_hidden_states, cu_seqlens=packed.cu_seqlens, max_seqlen=packed.max_seqlen)
-        restore = lambda h: pad(h, packed.indices, batch, seq)  # noqa: E731
-        hidden = None if out.hidden_states is None else tuple(restore(h) for h in out.hidden_states)
-        return EncoderOutput(restore(out.last_hidden_state), hidden)
+        return self._run_packed(hidden_states, plan.keep, output_hidden_states, plan.tokens, plan.max_seqlen)
+
+    def _run_packed(self, hidden_states, keep, output_hidden_states, tokens, max_seqlen) -> EncoderOutput:
+        """Unpad once, run every layer on the packed tokens, pad once. ``tokens`` and
+        ``max_seqlen`` come from the plan's host read (eager), or are an unbacked size and the
+        padded length, a bound (under ``torch.compile``)."""
+        batch, seq = keep.shape
+        packed = unpad(hidden_states, keep, max_seqlen, tokens)
+        args = packed_attention_args(packed.cu_seqlens, packed.max_seqlen, packed.packed.shape[0])
+        out = self._run(packed.packed, output_hidden_states, **args)
+        if out.hidden_states is None:
+            return EncoderOutput(pad(out.last_hidden_state, packed.indices, batch, seq), None)
+        hidden = tuple(pad(h, packed.indices, batch, seq) for h in out.hidden_states)
+        return EncoderOutput(hidden[-1], hidden)
+
+    def _compiled_forward(self, hidden_states, mask, output_hidden_states) -> EncoderOutput:
+        """The forward under ``torch.compile``: the unpad decision (same rule as eagerly) is
+        computed on the device and ``torch.cond`` chooses the packed or the padded path at run
+        time, both compiled into one graph; the packed token count is an unbacked size and
+        ``max_seqlen`` the padded length. Where the trace cannot hold a data-dependent size
+        (``torch.compile`` without ``fullgraph=True``: it would be a graph break, which
+        ``torch.cond`` forbids) the padded path is compiled alone."""
+        condition = unpad_condition(self.unpad, mask, hidden_states.shape[0])
+        if condition is None or not packing_traceable():
+            return self._run(hidden_states, output_hidden_states, attn_mask=mask)
+        keep, take_packed = condition
+
+        def packed(h, k):
+            return _tensors(self._run_packed(h, k, output_hidden_states, None, h.shape[1]))
+
+        def padded(h, k):
+            out = _tensors(self._run(h, output_hidden_states, attn_mask=mask))
+            # torch.cond's branches may not return their inputs: the input hidden state is copied.
+            return (h.clone(), *out[1:]) if output_hidden_states else out
+
+        # keep is a view of the mask, which the padded branch reads: operands may not alias.
+        outs = torch.cond(take_packed, packed, padded, (hidden_states, keep.clone()))
+        return EncoderOutput(outs[-1], tuple(outs) if output_hidden_states else None)
 
     def _run(self, hidden_states, output_hidden_states, **attention_args) -> EncoderOutput:
         all_hidden = (hidden_states,) if output_hidden_states else None
@@ -138,7 +217,8 @@ class FastBertEncoder(nn.Module):
             fn = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
         a = attention_args
         return fn(
-            layer.__call__, hidden_states, a.get("attn_mask"), None, a.get("cu_seqlens"), a.get("max_seqlen")
+            layer.__call__, hidden_states, a.get("attn_mask"), None, a.get("cu_seqlens"), a.get("max_seqlen"),
+            a.get("indices"),
         )
 
     def _check_hidden(self, hidden_states, dims: int, layout: str) -> None:
@@ -149,3 +229,10 @@ class FastBertEncoder(nn.Module):
                 f"hidden_states' last dimension must be hidden_size={self.config.hidden_size}, "
                 f"got {hidden_states.shape[-1]}"
             )
+
+
+def _tensors(out: EncoderOutput) -> tuple[torch.Tensor, ...]:
+    """The distinct tensors of an output, as ``torch.cond`` returns them (its branches may not
+    return one tensor twice): every hidden state when they are kept (the last is
+    ``last_hidden_state``), else ``(last_hidden_state,)``."""
+    return out.hidden_states if out.hidden_states is not None else (out.last_hidden_state,)

@@ -60,9 +60,12 @@ class FastBertLayer(nn.Module):
         key_lengths: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
         max_seqlen: int | None = None,
+        indices: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``(batch, seq, hidden)`` -> same shape, or packed ``(tokens, hidden)`` with
-        ``cu_seqlens``/``max_seqlen``; masks as in :func:`fastbert.ops.attention`."""
+        ``cu_seqlens``/``max_seqlen`` (and ``indices``, computed once per forward by the
+        encoder: :func:`fastbert.ops.attention.packed_attention_args`); masks as in
+        :func:`fastbert.ops.attention`."""
         training = self.training
         attn_p = self.attention_probs_dropout_prob if training else 0.0
         qkv = project(self.qkv, hidden_states, self.qkv.bias)
@@ -74,6 +77,7 @@ class FastBertLayer(nn.Module):
             dropout_p=attn_p,
             cu_seqlens=cu_seqlens,
             max_seqlen=max_seqlen,
+            indices=indices,
         )
         attn = project(self.attention_output, context)
         x1 = ops.add_layernorm(

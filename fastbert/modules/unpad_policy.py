@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 
 from fastbert.data.tables import load_table
-from fastbert.ops.validation import values_readable
+from fastbert.ops.validation import host_reads_possible
 
 UNPAD_MODES = (True, False, "auto")
 
@@ -53,30 +53,45 @@ def padding_keep_mask(mask: torch.Tensor, batch: int) -> tuple[torch.Tensor, tor
 
 
 class UnpadPlan(NamedTuple):
-    """What the encoder needs to run a batch on packed tokens."""
+    """What the encoder needs to run a batch on packed tokens, read from the device once."""
 
     keep: torch.Tensor  # (batch, seq) bool: real tokens
+    tokens: int  # how many real tokens
     max_seqlen: int  # the longest row's real-token count
+
+
+def unpad_condition(mode, mask: torch.Tensor | None, batch: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(keep, take_packed)`` for a batch that may run packed, computed on the device without
+    reading anything; None when it runs padded whatever its values (no mask, ``mode`` False,
+    no 4D mask).
+
+    ``take_packed`` (0-dim bool) holds when ``mask`` (normalized 4D) is a padding mask, every
+    row's first token is real and, for "auto", the padding fraction is above the device's
+    threshold. Eagerly :func:`plan_unpad` reads it; under ``torch.compile`` the encoder
+    branches on it with ``torch.cond``.
+    """
+    if mask is None or mode is False or mask.dim() != 4:
+        return None
+    keep, is_padding = padding_keep_mask(mask, batch)
+    take = is_padding & keep[:, 0].all()
+    if mode == "auto":
+        # padding fraction > threshold  <=>  real tokens < (1 - threshold) * all positions
+        limit = (1.0 - AUTO_PADDING_THRESHOLD.get(keep.device.type, 0.0)) * keep.numel()
+        take = take & (keep.sum() < limit)
+    return keep, take
 
 
 def plan_unpad(mode, mask: torch.Tensor | None, batch: int) -> UnpadPlan | None:
     """Whether to run this batch on packed tokens (an :class:`UnpadPlan`) or padded (None).
 
-    Packed only when ``mask`` (normalized 4D) is a padding mask, every row's first token
-    is real, the values can be read (not compiling or capturing, not on ``meta``) and the
-    mode says so: True always, "auto" when the padding fraction is above the device's
-    threshold. Every fact comes from one host read.
+    Packed when :func:`unpad_condition` holds and the host can read it (not while compiling
+    or capturing a CUDA graph, not on ``meta``). The decision, the token count and the
+    longest row come from one host read.
     """
-    if mask is None or mode is False or mask.dim() != 4 or not values_readable(mask):
+    condition = unpad_condition(mode, mask, batch)
+    if condition is None or not host_reads_possible(mask):
         return None
-    keep, is_padding = padding_keep_mask(mask, batch)
+    keep, take = condition
     lengths = keep.sum(dim=1)
-    exact = is_padding & keep[:, 0].all()
-    exact_flag, real, longest = torch.stack((exact.long(), lengths.sum(), lengths.max())).tolist()
-    if not exact_flag:
-        return None
-    if mode == "auto":
-        padding_fraction = 1.0 - real / keep.numel()
-        if padding_fraction <= AUTO_PADDING_THRESHOLD.get(keep.device.type, 0.0):
-            return None
-    return UnpadPlan(keep, longest)
+    take_flag, tokens, longest = torch.stack((take.long(), lengths.sum(), lengths.max())).tolist()
+    return UnpadPlan(keep, tokens, longest) if take_flag else None

@@ -32,16 +32,23 @@ from fastbert.kernels.dropout import check_dropout_p
 from fastbert.ops import dispatch, padding
 
 
-def check_attention_inputs(qkv: torch.Tensor, num_heads: int, attn_mask, key_lengths) -> None:
-    """Raise ValueError/TypeError on inputs the attention op cannot take."""
-    if not isinstance(qkv, torch.Tensor) or qkv.dim() != 3:
-        raise ValueError(f"qkv must be a 3D tensor (batch, seq, 3*hidden), got {getattr(qkv, 'shape', type(qkv))}")
+def _check_qkv(qkv, num_heads: int, dims: int, layout: str) -> None:
+    """ValueError/TypeError unless ``qkv`` is a ``dims``-D floating tensor whose last dimension
+    splits into q, k and v of ``num_heads`` heads each."""
+    if not isinstance(qkv, torch.Tensor) or qkv.dim() != dims:
+        raise ValueError(f"qkv must be {layout}, got {getattr(qkv, 'shape', type(qkv))}")
     if not qkv.is_floating_point():
         raise TypeError(f"qkv must be a floating-point tensor, got {qkv.dtype}")
-    if num_heads <= 0 or qkv.shape[-1] % (3 * num_heads) != 0:
+    if type(num_heads) is not int or num_heads <= 0 or qkv.shape[-1] % (3 * num_heads) != 0:
         raise ValueError(
-            f"qkv's last dimension ({qkv.shape[-1]}) must be 3 * num_heads * head_dim with num_heads={num_heads}"
+            f"qkv's last dimension ({qkv.shape[-1]}) must be 3 * num_heads * head_dim with num_heads={num_heads!r}"
         )
+
+
+def check_attention_inputs(qkv: torch.Tensor, num_heads: int, attn_mask, key_lengths) -> None:
+    """Raise ValueError/TypeError on inputs the attention op cannot take: the one check of a
+    padded call (the Triton path adds only what its kernels need, the launchers none)."""
+    _check_qkv(qkv, num_heads, 3, "a 3D tensor (batch, seq, 3*hidden)")
     batch, seq = qkv.shape[0], qkv.shape[1]
     if attn_mask is not None:
         if attn_mask.dim() > 4:
@@ -54,12 +61,16 @@ def check_attention_inputs(qkv: torch.Tensor, num_heads: int, attn_mask, key_len
             )
         if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
             raise TypeError(f"attn_mask must be bool (True = attend) or floating additive, got {attn_mask.dtype}")
+        if attn_mask.device != qkv.device:
+            raise ValueError(f"attn_mask must be on qkv's device {qkv.device}, got {attn_mask.device}")
     if key_lengths is not None:
         if key_lengths.shape != (batch,) or key_lengths.dtype not in (torch.int32, torch.int64):
             raise ValueError(
                 f"key_lengths must be an int32/int64 tensor of shape ({batch},), got "
                 f"{key_lengths.dtype} {tuple(key_lengths.shape)}"
             )
+        if key_lengths.device != qkv.device:
+            raise ValueError(f"key_lengths must be on qkv's device {qkv.device}, got {key_lengths.device}")
 
 
 def attention(
@@ -80,8 +91,8 @@ def attention(
     defaults to ``1/sqrt(head_dim)``. Returns ``(batch, seq, hidden)``, or
     ``(tokens, hidden)`` for packed input (``cu_seqlens``/``max_seqlen``).
     ``indices``: packed input only, optional: ``padding.varlen_indices(cu_seqlens,
-    max_seqlen)`` computed once by the caller (an encoder, per forward), which the
-    reference path otherwise computes, with a host sync, on every call.
+    max_seqlen, tokens)`` computed once by the caller (an encoder, per forward), which the
+    reference path otherwise computes again on every call (no host sync either way).
     """
     check_dropout_p(dropout_p)
     if cu_seqlens is not None:
@@ -95,19 +106,22 @@ def attention(
     return fn(qkv, num_heads, attn_mask=attn_mask, key_lengths=key_lengths, dropout_p=dropout_p, scale=scale)
 
 
+def packed_attention_args(cu_seqlens: torch.Tensor, max_seqlen: int, tokens: int) -> dict:
+    """The packed-layout arguments of :func:`attention` for every layer of a forward, computed
+    once: ``cu_seqlens``, ``max_seqlen`` and, where the reference path will run (it pads
+    through them), ``indices``; the Triton kernels read the packed layout and need none."""
+    args = {"cu_seqlens": cu_seqlens, "max_seqlen": max_seqlen, "indices": None}
+    if dispatch.select_backend(cu_seqlens.device) == "torch":
+        args["indices"] = padding.varlen_indices(cu_seqlens, max_seqlen, tokens)
+    return args
+
+
 def _varlen_attention(qkv, num_heads, cu_seqlens, max_seqlen, attn_mask, key_lengths, dropout_p, scale, indices):
     """Packed attention: validate (shapes and types, no host sync), then run the backend's ``varlen_attention``."""
     if attn_mask is not None or key_lengths is not None:
         raise ValueError("packed input (cu_seqlens) takes no attn_mask or key_lengths: the lengths are the mask")
-    if not isinstance(qkv, torch.Tensor) or qkv.dim() != 2:
-        raise ValueError(f"packed qkv must be 2D (tokens, 3*hidden), got {getattr(qkv, 'shape', type(qkv))}")
+    _check_qkv(qkv, num_heads, 2, "2D (tokens, 3*hidden) when packed")
     padding.check_cu_seqlens(cu_seqlens, qkv.shape[0], max_seqlen)
-    if not qkv.is_floating_point():
-        raise TypeError(f"qkv must be a floating-point tensor, got {qkv.dtype}")
-    if num_heads <= 0 or qkv.shape[-1] % (3 * num_heads) != 0:
-        raise ValueError(
-            f"qkv's last dimension ({qkv.shape[-1]}) must be 3 * num_heads * head_dim with num_heads={num_heads}"
-        )
     if cu_seqlens.device != qkv.device:
         raise ValueError(f"cu_seqlens must be on qkv's device {qkv.device}, got {cu_seqlens.device}")
     if indices is not None and (indices.dim() != 1 or indices.shape[0] != qkv.shape[0]):
@@ -190,14 +204,12 @@ def varlen_attention_reference(
     """Packed attention (the oracle and the CPU path): pad to ``(batch, max_seqlen)``,
     run :func:`attention_reference` with ``key_lengths``, gather the tokens back.
 
-    ``indices`` (``padding.varlen_indices(cu_seqlens, max_seqlen)``) may be given when
-    already computed; computing them here synchronizes with the device.
+    ``indices`` (``padding.varlen_indices(cu_seqlens, max_seqlen, tokens)``) may be given
+    when already computed (an encoder does, once per forward for all its layers).
     """
     batch, max_seqlen = cu_seqlens.numel() - 1, int(max_seqlen)
     if indices is None:
-        indices = padding.varlen_indices(cu_seqlens, max_seqlen)
-    if indices.numel() != qkv.shape[0]:
-        raise ValueError(f"cu_seqlens describe {indices.numel()} tokens but qkv has {qkv.shape[0]} rows")
+        indices = padding.varlen_indices(cu_seqlens, max_seqlen, qkv.shape[0])
     padded = padding.pad(qkv, indices, batch, max(max_seqlen, 1))
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
     out = attention_reference(padded, num_heads, key_lengths=lengths, dropout_p=dropout_p, scale=scale)

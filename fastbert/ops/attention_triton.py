@@ -23,13 +23,12 @@ import torch
 from fastbert.kernels.attention import (
     attention_backward,
     attention_forward,
-    check_varlen_inputs,
+    check_supported,
     varlen_attention_backward,
     varlen_attention_forward,
 )
-from fastbert.kernels.dropout import check_dropout_p, draw_seed, seed_value
+from fastbert.kernels.dropout import draw_seed, seed_value
 from fastbert.ops import dispatch
-from fastbert.ops.attention import check_attention_inputs
 
 
 @torch.library.custom_op("fastbert::attention_fwd", mutates_args=())
@@ -113,13 +112,13 @@ def triton_attention(
     dropout_p: float = 0.0,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Fused Triton attention; same contract as ``fastbert.ops.attention.attention_reference``.
+    """Fused Triton attention; same contract as ``fastbert.ops.attention.attention_reference``
+    (arguments checked by ``fastbert.ops.attention``; here only what the kernels add).
 
     Differentiable with respect to ``qkv`` only: an ``attn_mask`` that requires grad
     is rejected rather than silently given no gradient.
     """
-    check_attention_inputs(qkv, num_heads, attn_mask, key_lengths)
-    check_dropout_p(dropout_p)
+    check_supported(qkv, num_heads, qkv.shape[1], dropout_p)
     if attn_mask is not None and attn_mask.requires_grad:
         raise ValueError("attn_mask requires grad, but the Triton attention kernel gives no gradient for the mask")
     if qkv.stride(-1) != 1:
@@ -174,13 +173,14 @@ def triton_varlen_attention(
     dropout_p: float = 0.0, scale: float | None = None, indices: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Packed Triton attention straight on ``(tokens, 3*hidden)``; same contract as
-    ``fastbert.ops.attention.varlen_attention_reference``. ``indices`` are not needed
-    (no padding happens) and ignored. Differentiable with respect to ``qkv``.
+    ``fastbert.ops.attention.varlen_attention_reference`` (arguments checked by
+    ``fastbert.ops.attention``). ``indices`` are not needed (no padding happens) and
+    ignored. Differentiable with respect to ``qkv``.
     """
+    check_supported(qkv, num_heads, max_seqlen, dropout_p)
     if qkv.stride(-1) != 1:
         qkv = qkv.contiguous()
     cu_seqlens = cu_seqlens.to(torch.int32)  # no-op for the usual int32 offsets
-    check_varlen_inputs(qkv, num_heads, cu_seqlens, max_seqlen, dropout_p)
     if scale is None:
         scale = 1.0 / math.sqrt(qkv.shape[-1] // (3 * num_heads))
     seed = draw_seed(dropout_p)

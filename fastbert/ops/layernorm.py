@@ -23,14 +23,21 @@ def add_layernorm(
 
     ``x`` is typically a GEMM output without its bias (``x_bias`` is added here so a
     kernel can fuse it); ``residual`` may be None; ``weight``/``bias`` are the
-    LayerNorm's affine parameters. Statistics are computed in float32.
+    LayerNorm's affine parameters. Statistics are computed in float32. The arguments are
+    checked here, once; the Triton path adds only what its kernels need.
     """
+    if not isinstance(x, torch.Tensor) or x.dim() == 0 or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor with at least one dimension, got {getattr(x, 'shape', x)}")
     hidden = x.shape[-1]
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
-    for name, t in (("weight", weight), ("bias", bias), ("x_bias", x_bias)):
-        if t is not None and t.shape != (hidden,):
+    for name, t in (("residual", residual), ("weight", weight), ("bias", bias), ("x_bias", x_bias)):
+        if t is None:
+            continue
+        if name != "residual" and t.shape != (hidden,):
             raise ValueError(f"{name} must have shape ({hidden},), got {tuple(t.shape)}")
+        if t.device != x.device:
+            raise ValueError(f"{name} must be on x's device {x.device}, got {t.device}")
     check_dropout_p(dropout_p)
     fn = dispatch.implementation("add_layernorm", x.device)
     return fn(x, residual, weight, bias, eps, x_bias=x_bias, dropout_p=dropout_p)

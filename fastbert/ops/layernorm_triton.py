@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from fastbert.kernels.layernorm import layernorm_backward, layernorm_forward
-from fastbert.kernels.dropout import check_dropout_p, draw_seed, seed_value
+from fastbert.kernels.dropout import draw_seed, seed_value
+from fastbert.kernels.layernorm import check_supported, layernorm_backward, layernorm_forward
 from fastbert.ops import dispatch
 
 
@@ -111,8 +111,8 @@ def triton_add_layernorm(
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Fused Triton residual + bias + dropout + LayerNorm; same contract as
-    ``fastbert.ops.layernorm.add_layernorm_reference``."""
-    check_dropout_p(dropout_p)
+    ``fastbert.ops.layernorm.add_layernorm_reference`` (arguments checked by the op)."""
+    check_supported(x, residual, weight, bias, x_bias)
     seed = draw_seed(dropout_p)
     y, _, _ = add_layernorm_fwd_op(x, residual, weight, bias, float(eps), x_bias, float(dropout_p), seed)
     return y

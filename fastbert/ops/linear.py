@@ -46,13 +46,25 @@ def linear(
     """``activation(x @ weight.T + bias)`` over the last dimension of ``x``.
 
     ``weight`` is ``(out_features, in_features)`` as in ``nn.Linear``; ``activation`` is
-    None or a Hugging Face activation name from :data:`ACTIVATIONS`.
+    None or a Hugging Face activation name from :data:`ACTIVATIONS`. Under autocast the
+    three are cast to autocast's dtype first, as ``F.linear`` does. The arguments are
+    checked here, once; the Triton path adds only what its kernels need.
     """
     canonical_activation(activation)
+    if not isinstance(x, torch.Tensor) or x.dim() == 0 or not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise ValueError(f"x must be a tensor (..., in_features) and weight (out_features, in_features), got "
+                         f"{getattr(x, 'shape', x)} and {getattr(weight, 'shape', weight)}")  # fmt: skip
     if x.shape[-1] != weight.shape[-1]:
         raise ValueError(f"x's last dimension ({x.shape[-1]}) must equal weight's in_features ({weight.shape[-1]})")
     if bias is not None and bias.shape != weight.shape[:1]:
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if torch.is_autocast_enabled(x.device.type):  # as F.linear does under autocast: all in its dtype
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.dtype != x.dtype or t.device != x.device):
+            raise TypeError(f"{name} must have x's dtype and device ({x.dtype}, {x.device}), got {t.dtype}, {t.device}")
     return dispatch.implementation("linear", x.device)(x, weight, bias, activation)
 
 

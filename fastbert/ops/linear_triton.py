@@ -23,7 +23,7 @@ import torch
 from fastbert.kernels import launch, linear_table
 from fastbert.kernels.activations import ACTIVATIONS, activation_backward, activation_forward
 from fastbert.kernels.dtypes import TRITON_NAMES
-from fastbert.kernels.linear import linear_forward, matmul
+from fastbert.kernels.linear import check_supported, linear_forward, matmul
 from fastbert.ops import dispatch
 from fastbert.ops.linear import canonical_activation
 
@@ -122,15 +122,14 @@ linear_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 def triton_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str | None = None
 ) -> torch.Tensor:
-    """Fused Triton linear; same contract as ``fastbert.ops.linear.linear_reference``.
+    """Fused Triton linear; same contract as ``fastbert.ops.linear.linear_reference``
+    (arguments checked by ``fastbert.ops.linear``).
 
     ``x`` may have any leading dimensions; they are flattened (a view when the layout
     allows, and any 2D strides are read in place).
     """
+    check_supported(x)
     code = ACTIVATIONS[canonical_activation(activation)]
-    if x.dim() == 0 or weight.dim() != 2 or x.shape[-1] != weight.shape[-1]:
-        raise ValueError(f"x (..., {weight.shape[-1] if weight.dim() == 2 else '?'}) and weight (out, in) do not match: "
-                         f"{tuple(x.shape)} and {tuple(weight.shape)}")  # fmt: skip
     x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])  # a view when the layout allows
     params = (x, weight) if bias is None else (x, weight, bias)
     save_pre = code != 0 and torch.is_grad_enabled() and any(t.requires_grad for t in params)

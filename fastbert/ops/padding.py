@@ -42,22 +42,61 @@ class Unpadded(NamedTuple):
     seq: int
 
 
-def unpad(x: torch.Tensor, keep: torch.Tensor, max_seqlen: int | None = None) -> Unpadded:
+def unpad(x: torch.Tensor, keep: torch.Tensor, max_seqlen: int | None = None, tokens: int | None = None) -> Unpadded:
     """Pack the rows of ``x`` (``(batch, seq, ...)``) where ``keep`` (``(batch, seq)`` bool) is True.
 
-    ``max_seqlen``: the longest row's count of True, when the caller already read it (saves a host read).
+    ``max_seqlen``: the longest row's count of True, and ``tokens``: the count of True, when
+    the caller already read them (each saves a host read: with both, nothing is read).
     """
     if keep.dtype != torch.bool or keep.shape != x.shape[:2]:
         raise ValueError(f"keep must be a bool tensor of shape {tuple(x.shape[:2])}, got {keep.dtype} {tuple(keep.shape)}")
     lengths = keep.sum(dim=1, dtype=torch.int32)
     cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
-    indices = torch.nonzero(keep.reshape(-1), as_tuple=False).flatten()
+    indices = packed_positions(keep, tokens)
     if max_seqlen is None:
         max_seqlen = int(lengths.max()) if lengths.numel() else 0
     packed = gather_rows(x.reshape(-1, *x.shape[2:]), indices)
     if not torch.compiler.is_compiling():
         _CHECKED[cu_seqlens] = (_version(cu_seqlens), packed.shape[0], max_seqlen)  # valid by construction
     return Unpadded(packed, indices, cu_seqlens, max_seqlen, x.shape[0], x.shape[1])
+
+
+def packed_positions(keep: torch.Tensor, tokens: int | None = None) -> torch.Tensor:
+    """Flat positions (int64, ascending) of the True entries of ``keep``.
+
+    With ``tokens`` (their count, already read by the caller) no host synchronization
+    happens (``nonzero_static``); without it the count is read from the device, eagerly,
+    or is an unbacked size under ``torch.compile`` (the custom op ``fastbert::packed_positions``).
+    """
+    flat = keep.reshape(-1)
+    if tokens is not None:
+        return torch.nonzero_static(flat, size=tokens).flatten()
+    return packed_positions_op(flat)
+
+
+@torch.library.custom_op("fastbert::packed_positions", mutates_args=())
+def packed_positions_op(flat: torch.Tensor) -> torch.Tensor:
+    """Positions of the True entries of the 1D bool tensor ``flat`` (a data-dependent size)."""
+    return torch.nonzero(flat).flatten()
+
+
+@packed_positions_op.register_fake
+def _(flat):
+    tokens = torch.library.get_ctx().new_dynamic_size(max=flat.shape[0])
+    return flat.new_empty((tokens,), dtype=torch.int64)
+
+
+@torch._dynamo.assume_constant_result
+def packing_traceable() -> bool:
+    """Whether the ``torch.compile`` trace in progress can capture :func:`packed_positions`'
+    data-dependent size in its graph: under ``fullgraph=True`` (or with
+    ``torch._dynamo.config.capture_dynamic_output_shape_ops``). Otherwise such an op is a
+    graph break, which ``torch.cond`` does not allow. Evaluated once per trace, as a constant."""
+    try:
+        context = torch._guards.TracingContext.try_get()
+        return bool(context.fake_mode.shape_env.allow_dynamic_output_shape_ops)
+    except AttributeError:  # no trace in progress, or a torch without these internals
+        return bool(torch._dynamo.config.capture_dynamic_output_shape_ops)
 
 
 def check_cu_seqlens(cu_seqlens, total_tokens: int, max_seqlen) -> None:
@@ -94,6 +133,47 @@ def check_cu_seqlens(cu_seqlens, total_tokens: int, max_seqlen) -> None:
     _CHECKED[cu_seqlens] = (_version(cu_seqlens), total_tokens, max_seqlen)
 
 
+class BucketLayout(NamedTuple):
+    """A packed layout of fixed size (a CUDA graph's shapes cannot depend on the batch)."""
+
+    indices: torch.Tensor  # (token_bucket,) int64: real tokens' flat positions, then batch * seq for filler rows
+    cu_seqlens: torch.Tensor  # (2 * batch + 1,) int32: the rows' sequences, then the filler's
+    max_seqlen: int
+
+
+def bucket_layout(keep: torch.Tensor, token_bucket: int, max_seqlen: int) -> BucketLayout:
+    """The packed layout of ``keep`` (``(batch, seq)`` bool, at most ``token_bucket`` True) padded
+    to exactly ``token_bucket`` rows, computed on the device without reading anything.
+
+    The real tokens come first, each row's a sequence (rows without tokens: empty ones);
+    the filler rows after them form up to ``batch`` sequences of at most ``max_seqlen``
+    (``>= seq``) rows each, attending only among themselves, so they change no real
+    token's result. Needs ``token_bucket <= batch * max_seqlen``.
+    """
+    batch, seq = keep.shape
+    indices = torch.nonzero_static(keep.reshape(-1), size=token_bucket, fill_value=batch * seq).flatten()
+    lengths = keep.sum(dim=1, dtype=torch.int32)
+    real = torch.cumsum(lengths, 0, dtype=torch.int32)
+    steps = torch.arange(1, batch + 1, dtype=torch.int32, device=keep.device) * max_seqlen
+    filler = torch.clamp(real[-1] + steps, max=token_bucket)
+    cu_seqlens = torch.cat((real.new_zeros(1), real, filler))
+    return BucketLayout(indices, cu_seqlens, max_seqlen)
+
+
+def gather_bucket(x: torch.Tensor, layout: BucketLayout) -> torch.Tensor:
+    """``(token_bucket, ...)``: the rows of ``x`` (``(batch, seq, ...)``) at ``layout.indices``;
+    filler rows copy the last position (finite values, in sequences of their own)."""
+    flat = x.reshape(-1, *x.shape[2:])
+    return gather_rows(flat, layout.indices.clamp(max=flat.shape[0] - 1))
+
+
+def pad_bucket(packed: torch.Tensor, layout: BucketLayout, batch: int, seq: int) -> torch.Tensor:
+    """:func:`pad` for a :func:`bucket_layout`: real rows back to ``(batch, seq, ...)``, zeros at
+    padded positions; the filler rows land in one extra row, dropped."""
+    out = dispatch.implementation("scatter_rows", packed.device)(packed, layout.indices, batch * seq + 1)
+    return out[: batch * seq].view(batch, seq, *packed.shape[1:])
+
+
 def pad(packed: torch.Tensor, indices: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
     """Scatter packed rows back to ``(batch, seq, ...)``, zeros at padded positions."""
     out = dispatch.implementation("scatter_rows", packed.device)(packed, indices, batch * seq)
@@ -105,11 +185,14 @@ def gather_rows(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return dispatch.implementation("gather_rows", x.device)(x, indices)
 
 
-def varlen_indices(cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
-    """Flat positions in a ``(batch, max_seqlen)`` grid of the packed rows described by ``cu_seqlens``."""
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    keep = torch.arange(max_seqlen, device=cu_seqlens.device)[None, :] < lengths[:, None]
-    return torch.nonzero(keep.reshape(-1), as_tuple=False).flatten()
+def varlen_indices(cu_seqlens: torch.Tensor, max_seqlen: int, tokens: int) -> torch.Tensor:
+    """Flat positions in a ``(batch, max_seqlen)`` grid of the ``tokens`` packed rows described by
+    ``cu_seqlens``, without a host synchronization: token ``t`` of sequence ``b`` (found by a
+    binary search in the offsets) sits at ``b * max_seqlen + t - cu_seqlens[b]``."""
+    offsets = cu_seqlens.long()
+    token = torch.arange(tokens, device=cu_seqlens.device)
+    sequence = torch.searchsorted(offsets[1:], token, right=True)
+    return sequence * max_seqlen + token - offsets[sequence]
 
 
 @dispatch.register("gather_rows", "torch")

@@ -92,3 +92,21 @@ def test_interleaved_timing_drops_a_failing_function_and_keeps_the_others():
     assert calls == ["ok", "bad", "ok", "bad", "ok"]  # one call of each in turn
     assert len(times["ok"]) == 3 and "bad" not in times and outputs["ok"] == "ok-out"
     assert isinstance(failed["bad"], RuntimeError)
+
+
+def test_choose_variants_graph_modes_on_request_and_gpu_only():
+    """The latency sweep's variants (fastbert's cuda_graphs mode, torch.compile reduce-overhead)
+    run only when asked for, only on a GPU, and reduce-overhead is a compiled variant."""
+    from fastbert.bench.command import choose_variants
+
+    names, _ = choose_variants("cuda", None, False, True)
+    assert names == ["hf_eager", "hf_sdpa", "fastbert", "fastbert_cudagraph"]
+    asked = ["hf_sdpa", "hf_compile_ro", "fastbert", "fastbert_graphs"]
+    assert choose_variants("cuda", asked, False, False)[0] == asked
+    names, notes = choose_variants("cuda", asked, False, True)
+    assert names == ["hf_sdpa", "fastbert", "fastbert_graphs"] and any("hf_compile_ro" in n for n in notes)
+    names, notes = choose_variants("cpu", asked, True, False)
+    assert names == ["hf_sdpa", "fastbert"]
+    assert sorted(n.split()[0] for n in notes) == ["fastbert_graphs", "hf_compile_ro"]
+    with pytest.raises(ValueError, match="unknown variant"):
+        choose_variants("cpu", ["fastbert_graph"], False, False)

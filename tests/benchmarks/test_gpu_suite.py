@@ -32,7 +32,7 @@ def test_the_plan_fits_one_gpu_call():
     assert all(re.fullmatch(r"[A-Za-z0-9._-]+", f) for f in files)  # what the GPU machine returns by name
     names = [s.name for s in gpu_suite.STEPS]
     assert len(names) == len(set(names))
-    for required in ("env", "gpu-tests", "compile-check", "attention", "elementwise", "bench", "profile",
+    for required in ("env", "gpu-tests", "compile-check", "attention", "elementwise", "bench", "latency", "profile",
                      "linear-crossover", "sparse-crossover"):
         assert required in names
 

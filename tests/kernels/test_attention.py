@@ -12,8 +12,9 @@ import math
 import pytest
 import torch
 
+from fastbert.kernels import attention as attention_kernels
 from fastbert.kernels import launch
-from fastbert.kernels.attention import attention_backward, attention_forward
+from fastbert.kernels.attention import attention_backward, attention_forward, check_supported
 from fastbert.ops import dispatch
 from fastbert.ops.attention import attention, attention_reference
 from fastbert.ops.attention_triton import attention_bwd_op, attention_fwd_op, triton_attention
@@ -315,40 +316,45 @@ def test_poisoned_allocation_is_active():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(qkv=torch.zeros(2, 5, 96, dtype=torch.float64)), TypeError, "qkv must be float16"),
-        (dict(qkv=torch.zeros(2, 96)), ValueError, "qkv must have shape"),
+        (dict(qkv=torch.zeros(2, 5, 96, dtype=torch.float64)), TypeError, "qkv must be float16"),  # the kernels' own
+        (dict(qkv=torch.zeros(2, 5, 3 * 2 * 144)), ValueError, "head_dim must be at most 128"),  # checks,
+        (dict(qkv=torch.zeros(2, 96)), ValueError, "qkv must be a 3D tensor"),  # then the op's
         (dict(num_heads=5), ValueError, "num_heads"),
-        (dict(qkv=torch.zeros(2, 5, 3 * 2 * 144)), ValueError, "head_dim must be at most 128"),
-        (dict(qkv=torch.zeros(1, 5, 192)[..., ::2]), ValueError, "stride 1"),
         (dict(attn_mask=torch.zeros(2, 3, 5, 5, dtype=torch.bool)), ValueError, "does not broadcast"),
         (dict(attn_mask=torch.zeros(5, 5, dtype=torch.int32)), TypeError, "attn_mask must be bool"),
         (dict(key_lengths=torch.tensor([5.0, 3.0])), ValueError, "key_lengths must be"),
         (dict(key_lengths=torch.tensor([5])), ValueError, "key_lengths must be"),
         (dict(dropout_p=1.0), ValueError, "dropout_p"),
-        (dict(dropout_p=0.1, seed=-1), ValueError, "seed"),
     ],
 )
-def test_bad_input(kwargs, error, match):
+def test_bad_input_is_rejected_before_any_kernel(kwargs, error, match, monkeypatch):
+    """The launchers trust their callers: the op checks its arguments once, and its Triton path
+    adds only what the kernels need (``check_supported``), all before a kernel launches."""
+    monkeypatch.setattr(attention_kernels, "_tuned", _no_launch)
     args = dict(qkv=torch.zeros(2, 5, 96), num_heads=2) | kwargs
     args = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
-    with pytest.raises(error, match=match):
-        attention_forward(**args)
+    with dispatch.record_dispatch() as log, pytest.raises(error, match=match):
+        attention(**args)
+    assert log in ([], [("attention", "triton")])
 
 
-def test_bad_backward_input():
-    qkv = random_qkv(1, 5, 2, 16, torch.float32, seed=22)
-    out, stats = attention_forward(qkv, 2)
-    with pytest.raises(ValueError, match="dout must be"):
-        attention_backward(out[:, :4], qkv, out, stats, 2)
-    with pytest.raises(ValueError, match="stats must be"):
-        attention_backward(out, qkv, out, stats[:, :1], 2)
+def _no_launch(*args):
+    raise AssertionError("a kernel was launched")
+
+
+def test_kernel_limits():
+    qkv = torch.zeros(1, 5, 96, device=DEVICE)
+    check_supported(qkv, 2, 2**16, 0.1)
+    with pytest.raises(ValueError, match="at most 65536"):
+        check_supported(qkv, 2, 2**16 + 1, 0.1)
+    check_supported(qkv, 2, 2**16 + 1, 0.0)  # without dropout any length
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU tensors are only rejected where CUDA would be used")
 def test_cpu_tensor_without_interpreter_is_rejected(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="CUDA tensor"):
-        attention_forward(torch.zeros(1, 5, 96), 2)
+        check_supported(torch.zeros(1, 5, 96), 2, 5, 0.0)
 
 
 def test_mask_gradient_is_rejected():

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from fastbert.kernels import launch
-from fastbert.kernels.layernorm import MAX_HIDDEN, layernorm_backward, layernorm_forward
+from fastbert.kernels import layernorm as layernorm_kernels
+from fastbert.kernels.layernorm import MAX_HIDDEN, check_supported, layernorm_backward, layernorm_forward
 from fastbert.ops import dispatch
 from fastbert.ops.layernorm import add_layernorm, add_layernorm_reference
 from fastbert.ops.layernorm_triton import triton_add_layernorm
@@ -266,27 +267,30 @@ def test_poisoned_allocation_is_active():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(x=torch.zeros(2, 8, dtype=torch.float64)), TypeError, "x must be a float16"),
-        (dict(x=torch.zeros(2, MAX_HIDDEN + 1)), ValueError, "last dimension"),
-        (dict(residual=torch.zeros(2, 7)), ValueError, "residual must"),
+        (dict(x=torch.zeros(2, 8, dtype=torch.float64)), TypeError, "float16, bfloat16 or float32"),  # the kernels'
+        (dict(x=torch.zeros(2, MAX_HIDDEN + 1)), ValueError, "last dimension"),  # own checks,
+        (dict(x_bias=torch.zeros(8, dtype=torch.int32)), TypeError, "float16, bfloat16 or float32"),
+        (dict(residual=torch.zeros(2, 7)), ValueError, "residual must"),  # then the op's
         (dict(weight=torch.zeros(7)), ValueError, "weight must"),
-        (dict(x_bias=torch.zeros(8, dtype=torch.int32)), ValueError, "x_bias must"),
         (dict(dropout_p=1.0), ValueError, "dropout_p"),
-        (dict(dropout_p=0.1, seed=-1), ValueError, "seed"),
+        (dict(x=torch.tensor(1.0)), TypeError, "at least one dimension"),
     ],
 )
-def test_bad_input(kwargs, error, match):
+def test_bad_input_is_rejected_before_any_kernel(kwargs, error, match, monkeypatch):
+    """The launchers trust their callers: the op checks its arguments once, and its Triton path
+    adds only what the kernels need (``check_supported``), all before a kernel launches."""
+    monkeypatch.setattr(layernorm_kernels, "_tuned", lambda *a: pytest.fail("a kernel was launched"))
     args = dict(x=torch.zeros(2, 8), residual=None, weight=None, bias=None, eps=1e-5) | kwargs
     args = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
     with pytest.raises(error, match=match):
-        layernorm_forward(**args)
+        add_layernorm(**args)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU tensors are only rejected where CUDA would be used")
 def test_cpu_tensor_without_interpreter_is_rejected(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="CUDA tensor"):
-        layernorm_forward(torch.zeros(2, 8), None, None, None, 1e-5)
+        check_supported(torch.zeros(2, 8))
 
 
 # --- GPU: BERT-sized rows in half precision -----------------------------------------

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fastbert.kernels import linear as linear_kernels
 from fastbert.kernels import linear_table
 from fastbert.kernels.linear import linear_forward, matmul
 from fastbert.ops import dispatch, linear_triton
@@ -172,14 +173,18 @@ def test_torch_compile_fullgraph_matches_eager():
     [
         ((torch.zeros(2, 8, dtype=torch.float64), torch.zeros(4, 8, dtype=torch.float64)), TypeError, "float16, bfloat16"),
         ((torch.zeros(2, 8), torch.zeros(4, 8, dtype=torch.float16)), TypeError, "dtype"),
-        ((torch.zeros(2, 8), torch.zeros(4, 7)), ValueError, "matmul needs"),
+        ((torch.zeros(2, 8), torch.zeros(4, 7)), ValueError, "in_features"),
         ((torch.zeros(2, 8), torch.zeros(4, 8), torch.zeros(3)), ValueError, "bias must"),
         ((torch.zeros(2, 8), torch.zeros(4, 8), None, "tanh"), ValueError, "activation"),
+        ((torch.tensor(1.0), torch.zeros(4, 8)), ValueError, "x must be a tensor"),
     ],
 )
-def test_bad_input(args, error, match):
+def test_bad_input_is_rejected_before_any_kernel(args, error, match, monkeypatch):
+    """The launchers trust their callers: the op checks its arguments once, and its Triton path
+    adds only what the kernels need (``check_supported``), all before a kernel launches."""
+    monkeypatch.setattr(linear_kernels, "_tuned", lambda *a: pytest.fail("a kernel was launched"))
     with pytest.raises(error, match=match):
-        linear_forward(*(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args))
+        linear(*(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args))
 
 
 # --- GPU: BERT shapes in half precision -----------------------------------------------

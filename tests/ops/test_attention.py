@@ -123,16 +123,20 @@ def test_packed_input_attends_within_each_sequence():
 
 
 def test_packed_input_with_precomputed_indices_does_not_sync():
-    """An encoder computes ``varlen_indices`` once per forward; given them, the reference
-    path runs no ``nonzero`` (a host sync on a GPU) and gives the same result."""
+    """An encoder computes ``varlen_indices`` (without a host sync) once per forward; given
+    them, or computing them itself, the reference path runs no ``nonzero`` (a host sync on a
+    GPU) and gives the same result."""
     cu = torch.tensor([0, 7, 9, 20], dtype=torch.int32)
     qkv = _qkv(1, 20, 2, 16, seed=7)[0]
-    indices = padding.varlen_indices(cu, 11)
     with torch.profiler.profile() as prof, record_dispatch() as log:
+        indices = padding.varlen_indices(cu, 11, 20)
         out = attention(qkv, 2, cu_seqlens=cu, max_seqlen=11, indices=indices)
+        again = attention(qkv, 2, cu_seqlens=cu, max_seqlen=11)
     assert ("varlen_attention", "torch") in log
-    assert not [e for e in prof.events() if e.name == "aten::nonzero"]
-    assert torch.equal(out, attention(qkv, 2, cu_seqlens=cu, max_seqlen=11))
+    assert not [e for e in prof.events() if e.name in ("aten::nonzero", "aten::item", "aten::_local_scalar_dense")]
+    assert torch.equal(out, again)
+    grid = (torch.arange(11)[None, :] < torch.tensor([7, 2, 11])[:, None]).reshape(-1)
+    assert torch.equal(indices, torch.nonzero(grid).flatten())  # the positions nonzero would find
 
 
 def test_packed_input_token_count_mismatch():

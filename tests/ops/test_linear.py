@@ -40,3 +40,17 @@ def test_bad_input():
         linear(torch.randn(2, 5), torch.randn(3, 4))
     with pytest.raises(ValueError, match="bias"):
         linear(torch.randn(2, 4), torch.randn(3, 4), torch.randn(4))
+
+
+def test_autocast_casts_like_f_linear():
+    """Under autocast fp32 weights meet a bf16 input as in ``F.linear``: same dtype, same values."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 37, generator=gen)
+    w, b = torch.randn(19, 37, generator=gen), torch.randn(19, generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = linear(x.bfloat16(), w, b, "gelu")
+        want = F.gelu(F.linear(x.bfloat16(), w, b))
+    assert got.dtype == want.dtype == torch.bfloat16
+    assert rel_err(got, want) < 1e-2
+    with pytest.raises(TypeError, match="weight must have x's dtype"):
+        linear(x.bfloat16(), w, b)  # outside autocast a mismatch is an error
