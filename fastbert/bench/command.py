@@ -6,7 +6,8 @@ Each command first resolves its arguments into what to run (:func:`bench_plan`,
 argument checked (ValueError, exit code 2) before any model is loaded. Then it runs
 (:func:`fastbert.bench.measure.run_sweep`, :func:`fastbert.bench.profile.profile_model`)
 and reports (:mod:`fastbert.bench.report`, :mod:`fastbert.bench.profile`). A future
-``bench --train`` or ``bench --model PATH --texts FILE`` is resolved here into the plan.
+``bench --model PATH --texts FILE`` is resolved here into the plan. ``bench --train`` is
+:mod:`fastbert.bench.train_command`, which reuses these resolvers.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def apply_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def _device_type(device: str) -> str:
+def device_type(device: str) -> str:
+    """``"cuda"`` or ``"cpu"``: the kind of a resolved device, which picks the defaults."""
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
@@ -66,13 +68,14 @@ class BenchPlan:
     out_dir: Path
 
 
-def choose_variants(device: str, requested: list[str] | None, compile_on_cpu: bool, no_compile: bool) -> tuple[list[str], list[str]]:
-    """(variants to run, notes on what was left out and why)."""
+def choose_variants(device: str, requested: list[str] | None, compile_on_cpu: bool, no_compile: bool,
+                    catalog: dict = VARIANTS) -> tuple[list[str], list[str]]:
+    """(variants of ``catalog`` to run, notes on what was left out and why)."""
     notes = []
-    names = list(requested) if requested else list(VARIANTS)
-    unknown = [n for n in names if n not in VARIANTS]
+    names = list(requested) if requested else list(catalog)
+    unknown = [n for n in names if n not in catalog]
     if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; expected some of {list(VARIANTS)}")
+        raise ValueError(f"unknown variant(s) {unknown}; expected some of {list(catalog)}")
     on_gpu = device.startswith("cuda")
     if not on_gpu and "fastbert_cudagraph" in names:
         names.remove("fastbert_cudagraph")
@@ -86,9 +89,10 @@ def choose_variants(device: str, requested: list[str] | None, compile_on_cpu: bo
     return names, notes
 
 
-def measure_options(args, device: str, variants: list[str]) -> measure.BenchOptions:
-    """BenchOptions from the CLI arguments, with this device's defaults where none was given."""
-    warmup, repeats, max_s = MEASURE_DEFAULTS[_device_type(device)]
+def measure_options(args, device: str, variants: list[str], defaults: dict = MEASURE_DEFAULTS) -> measure.BenchOptions:
+    """BenchOptions from the CLI arguments, with this device's ``defaults`` (warm-up, repeats,
+    seconds per variant) where none was given."""
+    warmup, repeats, max_s = defaults[device_type(device)]
     if (args.repeats is not None and args.repeats < 1) or (args.warmup is not None and args.warmup < 0):
         raise ValueError("--repeats must be at least 1 and --warmup at least 0")
     if args.max_time_per_variant is not None and not args.max_time_per_variant > 0:
@@ -107,7 +111,7 @@ def bench_plan(args) -> BenchPlan:
     """Resolve ``fastbert bench``'s arguments; ValueError (exit 2) for any bad one, before any work."""
     device = resolve_device(args.device)
     apply_threads(args.threads)
-    dev_type = _device_type(device)
+    dev_type = device_type(device)
     variants, notes = choose_variants(device, args.variants, args.compile, args.no_compile)
     configs = sweep.resolve_sweep(dev_type, args.quick, args.arch, args.model_dir, args.batch, args.seq_len, args.dtype,
                                   varlen=not args.no_varlen)
@@ -121,7 +125,14 @@ def bench_plan(args) -> BenchPlan:
 
 
 def run_bench_command(args) -> int:
-    """Run ``fastbert bench`` for parsed CLI ``args``; returns the exit code."""
+    """Run ``fastbert bench`` for parsed CLI ``args`` (``--train``: :func:`run_train_command`); returns the exit code."""
+    if getattr(args, "train", False):
+        from fastbert.bench.train_command import run_train_command
+
+        return run_train_command(args)
+    for flag, given in (("--task", args.task is not None), ("--no-max-batch", args.no_max_batch)):
+        if given:
+            raise ValueError(f"{flag} goes with --train")
     wall_start = time.perf_counter()
     plan = bench_plan(args)
     for note in plan.notes:
@@ -139,16 +150,16 @@ def run_bench_command(args) -> int:
     # Partial results are saved after every configuration, so a run stopped by a time limit keeps them.
     opts.on_entry = record.save
     entries = measure.run_sweep(plan.configs, opts)
-    return _exit_code(record.finish(entries, plots=not args.no_plots))
+    return bench_exit_code(record.finish(entries, plots=not args.no_plots))
 
 
-def _exit_code(doc: dict) -> int:
+def bench_exit_code(doc: dict, files: str = "bench.json") -> int:
     """1 when a variant failed with an error or nothing was measured (out of memory is a result, not a failure)."""
     statuses = [r["status"] for e in doc["results"] for r in e["variants"].values()]
     errors = statuses.count("error")
     if errors or "ok" not in statuses:
         why = f"{errors} run(s) failed with an error" if errors else "nothing was measured"
-        print(f"fastbert bench: {why}; see bench.json", file=sys.stderr)
+        print(f"fastbert bench: {why}; see {files}", file=sys.stderr)
         return 1
     return 0
 
@@ -175,7 +186,7 @@ def profile_plan(args) -> ProfilePlan:
     """Resolve ``fastbert profile``'s arguments; ValueError (exit 2) for any bad one, before any work."""
     device = resolve_device(args.device)
     apply_threads(args.threads)
-    arch, batch, seq_len, dtype = PROFILE_DEFAULTS[_device_type(device)]
+    arch, batch, seq_len, dtype = PROFILE_DEFAULTS[device_type(device)]
     if args.model_dir and args.arch:
         raise ValueError("give --arch or --model-dir, not both")
     if args.model_dir:
@@ -203,7 +214,7 @@ def run_profile_command(args) -> int:
     feed = sweep.make_batch(base.config, plan.batch, plan.seq_len, False, args.seed, device)
     meta = report.collect_metadata(device)
     peak_tflops, peak_gbps, peak_note = profile.resolve_peak(meta.get("gpu_name"), dtype, args.peak_tflops, args.peak_gbps)
-    if _device_type(device) == "cpu" and args.peak_tflops is None:
+    if device_type(device) == "cpu" and args.peak_tflops is None:
         peak_note = "peak unknown on the CPU; measured on the CPU (not a GPU result)"
     elem = torch.tensor([], dtype=DTYPES[dtype]).element_size()
     costs = profile.forward_costs(base.config, plan.batch, plan.seq_len, elem, pooler=getattr(base, "pooler", None) is not None)
