@@ -292,13 +292,12 @@ def check_losses(results: dict[str, dict], dtype: str) -> str | None:
     return ref
 
 
-def train_entry(cfg: BenchConfig, task: str, tokens, variants: dict) -> dict:
-    """One configuration's entry: the forward bench's (:func:`measure.config_entry`) plus the
-    task, speedups on minima (``speedup_min``) and the loss check (``loss_reference``,
+def train_entry(cfg: BenchConfig, tokens, variants: dict) -> dict:
+    """One configuration's entry: the forward bench's (:func:`measure.config_entry`; the task is
+    set by :class:`TrainSweepLog`) plus speedups on minima (``speedup_min``) and the loss check (``loss_reference``,
     ``loss_tolerance``, ``loss_ok``: every measured variant agrees)."""
     ref = check_losses(variants, cfg.dtype)
     entry = measure.config_entry(cfg, tokens, f"final loss of {ref}" if ref else "none", variants)
-    entry["config"]["task"] = task
     entry.update(speedup_min=measure.speedups(variants, "min_ms"), loss_reference=ref,
                  loss_tolerance=LOSS_TOLERANCE[cfg.dtype],
                  loss_ok=all(r["loss_ok"] for r in variants.values() if r["status"] == "ok"))
@@ -343,6 +342,15 @@ class TrainVariants:
         return module
 
 
+class TrainSweepLog(measure.SweepLog):
+    """The forward bench's sweep log, whose every entry (also a skipped or failed one) names the task."""
+
+    def record(self, entry: dict) -> None:
+        """Set the entry's ``config["task"]``, then record it."""
+        entry["config"]["task"] = self.opts.task
+        super().record(entry)
+
+
 def _tensors(module: nn.Module) -> list[torch.Tensor]:
     return list(module.parameters()) + list(module.buffers())
 
@@ -352,7 +360,7 @@ def run_train_sweep(configs: list[BenchConfig], opts: TrainOptions) -> list[dict
     :mod:`fastbert.bench.train_report`). Failures are recorded per variant, never raised;
     once ``opts.time_budget_s`` has passed the rest are recorded as skipped."""
     device = torch.device(opts.device)
-    log = measure.SweepLog(len(configs), opts)
+    log = TrainSweepLog(len(configs), opts)
     if device.type == "cuda":
         measure.l2_flush_buffer(device)  # allocated before any variant's memory is tracked
     for model_name, model_cfgs in itertools.groupby(configs, key=lambda c: c.model):
@@ -373,7 +381,7 @@ def run_train_sweep(configs: list[BenchConfig], opts: TrainOptions) -> list[dict
             feed = training_batch(task_model.config, opts.task, cfg.batch, cfg.seq_len, cfg.varlen, opts.seed, device)
             tokens = token_counts(feed)
             modules = {name: models.fresh(name) for name in opts.variants}
-            log.record(train_entry(cfg, opts.task, tokens, measure_train_config(modules, feed, DTYPES[cfg.dtype], tokens, opts)))
+            log.record(train_entry(cfg, tokens, measure_train_config(modules, feed, DTYPES[cfg.dtype], tokens, opts)))
         del models, task_model
         if "hf_compile" in opts.variants:
             torch._dynamo.reset()  # drop this model's compiled graphs

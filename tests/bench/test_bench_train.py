@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -22,10 +23,14 @@ TINY = ["--arch", "bert-tiny", "--batch", "2", "3", "--seq-len", "24", "--repeat
 
 
 @pytest.fixture(scope="module")
-def train_run(tmp_path_factory):
-    """One tiny training run shared by the schema tests: (exit code, JSON document, out dir)."""
+def train_run(_one_cpu_thread, tmp_path_factory):
+    """One tiny training run shared by the schema tests: (exit code, JSON document, out dir);
+    on one thread (conftest), which a module fixture must ask for to be set up after it, and
+    with the conftest's backend for tests outside tests/kernels (its fixture is per test)."""
     out = tmp_path_factory.mktemp("train")
-    code = main(["bench", "--train", *TINY, "--out", str(out)])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FASTBERT_BACKEND", os.environ.get("FASTBERT_BACKEND", "torch"))
+        code = main(["bench", "--train", *TINY, "--out", str(out)])
     return code, json.loads((out / "train.json").read_text()), out
 
 
@@ -105,7 +110,7 @@ def test_a_disagreeing_loss_is_flagged_and_exits_1(tmp_path, monkeypatch, capsys
     def perturbed(base, dtype, device):
         model = train.TRAIN_VARIANTS["hf_sdpa"].build(base, dtype, device)
         with torch.no_grad():
-            model.classifier.bias += 0.5  # other weights than the others': another loss
+            model.classifier.bias[0] += 0.5  # another class bias than the others': another loss
         return model
 
     monkeypatch.setitem(train.TRAIN_VARIANTS, "fastbert", dataclasses.replace(train.TRAIN_VARIANTS["fastbert"], build=perturbed))
@@ -133,16 +138,27 @@ def test_a_failing_variant_exits_1_and_the_others_are_measured(tmp_path, monkeyp
     assert variants["fastbert"]["status"] == "ok" and variants["fastbert"]["loss_ok"] is True
 
 
-def test_mlm_run_and_a_spent_time_budget(tmp_path, capsys):
+def test_mlm_run_and_a_spent_time_budget(tmp_path, monkeypatch, capsys):
+    # the budget counts as spent once the first configuration is recorded
+    monkeypatch.setattr(train.measure.SweepLog, "budget_spent", lambda self: len(self.entries) >= 1)
     code = main(["bench", "--train", "--task", "mlm", "--arch", "bert-tiny", "--batch", "2", "--seq-len", "20",
                  "--repeats", "1", "--variants", "hf_sdpa", "fastbert", "--device", "cpu", "--no-plots",
-                 "--time-budget", "0.001", "--out", str(tmp_path)])
+                 "--time-budget", "1", "--out", str(tmp_path)])
     assert code == 0
     doc = json.loads((tmp_path / "train.json").read_text())
     first, second = doc["results"]
-    assert first["config"]["task"] == "mlm" and first["loss_ok"] is True
+    assert first["config"]["task"] == second["config"]["task"] == "mlm" and first["loss_ok"] is True
     assert all(r["status"] == "ok" for r in first["variants"].values())
-    assert all(r["status"] == "skipped" for r in second["variants"].values())  # the budget was spent after the first
+    assert all(r["status"] == "skipped" for r in second["variants"].values())
+    assert "skipped" in capsys.readouterr().out
+
+
+def test_nothing_measured_exits_1(tmp_path, capsys):
+    code = main(["bench", "--train", "--arch", "bert-tiny", "--batch", "2", "--seq-len", "20", "--no-varlen",
+                 "--variants", "hf_sdpa", "--device", "cpu", "--no-plots", "--time-budget", "1e-9", "--out", str(tmp_path)])
+    assert code == 1 and "nothing was measured" in capsys.readouterr().err
+    entry = json.loads((tmp_path / "train.json").read_text())["results"][0]
+    assert entry["config"]["task"] == "cls" and entry["variants"]["hf_sdpa"]["status"] == "skipped"
 
 
 # --- the parts ---------------------------------------------------------------------------
