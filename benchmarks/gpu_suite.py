@@ -138,12 +138,12 @@ STEPS: list[Step] = [
          lambda ctx: _py(ctx, str(REPO / "benchmarks" / "elementwise_microbench.py"), "--json", str(ctx.work / "elementwise.json"),
                          *(["--tiny", "--dtype", "fp32"] if ctx.dry_run else [])),
          lambda ctx: ["elementwise.json"], returned="elementwise.json", env=_interpret_on_cpu),
-    Step("bench", 110,
+    Step("bench", 75,
          lambda ctx: _cli(ctx, "bench", "--out", str(ctx.work / "bench"), *(
              ["--arch", "bert-tiny", "--batch", "2", "--seq-len", "32", "--dtype", "fp32", "--warmup", "1", "--repeats", "3"]
              if ctx.dry_run else
              # torch.compile's baseline is left to a separate run: its compilations (30-70 s each) do not fit here.
-             ["--quick", "--no-compile", "--time-budget", "80", "--warmup", "3", "--max-time-per-variant", "0.5"])),
+             ["--quick", "--no-compile", "--time-budget", "50", "--warmup", "3", "--max-time-per-variant", "0.5"])),
          lambda ctx: ["bench/bench.json", "bench/bench.csv"], returned="bench/bench.json"),
     Step("profile", 35,
          lambda ctx: _cli(ctx, "profile", "--compare", "hf", "--out", str(ctx.work / "profile"), *(
@@ -165,6 +165,17 @@ def add_step(step: Step, before: str | None = None) -> None:
         raise ValueError(f"a step named {step.name!r} exists already")
     index = next((i for i, s in enumerate(STEPS) if s.name == before), len(STEPS))
     STEPS.insert(index, step)
+
+
+# Training steps (bench --train): BERT-base bf16, batch 32 x 512 and 128, fixed and variable length, without
+# torch.compile and the largest-batch search (each takes minutes: runs of their own). Its 35 s come from "bench".
+add_step(Step("train", 35,
+              lambda ctx: _cli(ctx, "bench", "--train", "--no-max-batch", "--no-plots", "--out", str(ctx.work / "train"), *(
+                  ["--arch", "bert-tiny", "--batch", "1", "--seq-len", "16", "--no-varlen", "--threads", "1", "--repeats", "1",
+                   "--variants", "hf_sdpa", "fastbert"]
+                  if ctx.dry_run else
+                  ["--quick", "--no-compile", "--time-budget", "25", "--warmup", "2", "--max-time-per-variant", "0.4"])),
+              lambda ctx: ["train/train.json", "train/train.csv"], returned="train/train.json"), before="profile")
 
 
 def returned_files() -> list[str]:

@@ -248,3 +248,56 @@ def test_checkpoint_folder_as_model(tmp_path):
     model = train.load_task_model(str(tmp_path / "ckpt"), "cls", seed=1)
     assert isinstance(model, transformers.BertForSequenceClassification)
     assert model.config.hidden_dropout_prob == 0.0 and model.training
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--task", "mlm"], "--task goes with --train"),
+    (["bench", "--no-max-batch"], "--no-max-batch goes with --train"),
+    (["bench", "--train", "--variants", "fastbert", "nope"], "unknown variant"),
+    (["bench", "--train", "--repeats", "0"], "--repeats must be at least 1"),
+    (["bench", "--train", "--threads", "0"], "--threads must be positive"),
+    (["bench", "--train", "--model-dir", "no/such/dir"], "--model-dir"),
+])
+def test_bad_arguments_exit_2_with_one_line(argv, message, tmp_path, capsys):
+    assert main([*argv, "--device", "cpu", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out" / "train.json").exists()
+
+
+def _in_hf_layout(module: nn.Module, grads: bool) -> dict[str, torch.Tensor]:
+    """The module's weights (or, ``grads``, their gradients) under HF's names and shapes,
+    through its state_dict (fastbert's hooks write the HF layout), in float64."""
+    params = list(module.parameters())
+    saved = [p.data for p in params]
+    if grads:
+        for p in params:
+            p.data = p.grad if p.grad is not None else torch.zeros_like(p)
+    try:
+        return {k: v.double().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+    finally:
+        for p, data in zip(params, saved):
+            p.data = data
+
+
+def test_one_fastbert_step_matches_hf_gradients_and_update():
+    """The step the command times: fastbert's loss and every gradient equal HF eager's
+    (float32, fresh seeded weights, padded odd-sized batch). The weights after the AdamW
+    step are not compared elementwise: its first update, lr * g / (|g| + eps), turns float
+    rounding of near-zero gradients into differences of up to lr."""
+    task_model = train.load_task_model("bert-tiny", "cls", seed=5)
+    models = train.TrainVariants(task_model, "cpu")
+    feed = train.training_batch(task_model.config, "cls", 3, 19, True, seed=5, device="cpu")
+    assert not feed["attention_mask"].all()
+    found = {}
+    for name in ("hf_eager", "fastbert"):
+        module = models.fresh(name)
+        loss = train.TrainStep(module, feed, torch.float32, "cpu")()
+        found[name] = (float(loss), _in_hf_layout(module, grads=True))
+    (ref_loss, ref_grads), (loss, grads) = found["hf_eager"], found["fastbert"]
+    assert math.isfinite(loss) and abs(loss - ref_loss) <= 1e-5 * abs(ref_loss)
+    shared = grads.keys() & ref_grads.keys()
+    assert len(shared) > 10 and any(g.abs().max() > 0 for g in grads.values())
+    for n in shared:
+        scale = ref_grads[n].abs().max().clamp_min(1e-12)
+        assert torch.isfinite(grads[n]).all() and ((grads[n] - ref_grads[n]).abs().max() / scale) < 1e-5, n
