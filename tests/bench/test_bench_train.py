@@ -298,6 +298,9 @@ def test_one_fastbert_step_matches_hf_gradients_and_update():
     assert math.isfinite(loss) and abs(loss - ref_loss) <= 1e-5 * abs(ref_loss)
     shared = grads.keys() & ref_grads.keys()
     assert len(shared) > 10 and any(g.abs().max() > 0 for g in grads.values())
+    # The key bias's gradient is zero in exact arithmetic (softmax ignores a per-query shift):
+    # rounding noise, held against a thousandth of the largest gradient instead of itself.
+    floor = 1e-3 * max(float(g.abs().max()) for g in ref_grads.values())
     for n in shared:
-        scale = ref_grads[n].abs().max().clamp_min(1e-12)
+        scale = ref_grads[n].abs().max().clamp_min(floor)
         assert torch.isfinite(grads[n]).all() and ((grads[n] - ref_grads[n]).abs().max() / scale) < 1e-5, n
