@@ -146,7 +146,7 @@ _SUBCOMMANDS = (  # name, what runs it ("module:function"), its arguments, help,
         "model and report.",
     ),
     (
-        "bench", "fastbert.bench.command:run_bench_command", _bench_arguments,
+        "bench", "fastbert.bench.train_command:run_bench_or_train_command", _bench_arguments,
         "time HF eager / HF SDPA / torch.compile / fastbert (/ CUDA graphs) over a sweep of shapes",
         "Sweep models x batch sizes x sequence lengths x dtypes (plus variable-length batches) and time, "
         "in one process on the same inputs, HF eager, HF SDPA, torch.compile of HF SDPA, fastbert and, on a GPU, "

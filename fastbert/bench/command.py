@@ -125,11 +125,7 @@ def bench_plan(args) -> BenchPlan:
 
 
 def run_bench_command(args) -> int:
-    """Run ``fastbert bench`` for parsed CLI ``args`` (``--train``: :func:`run_train_command`); returns the exit code."""
-    if getattr(args, "train", False):
-        from fastbert.bench.train_command import run_train_command
-
-        return run_train_command(args)
+    """Run ``fastbert bench`` (without ``--train``) for parsed CLI ``args``; returns the exit code."""
     for flag, given in (("--task", args.task is not None), ("--no-max-batch", args.no_max_batch)):
         if given:
             raise ValueError(f"{flag} goes with --train")

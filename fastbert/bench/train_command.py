@@ -15,7 +15,7 @@ import time
 
 from fastbert.bench import max_batch, sweep, train, train_report
 from fastbert.bench.command import (BenchPlan, apply_threads, bench_exit_code, choose_variants, default_out_dir,
-                                    device_type, measure_options)
+                                    device_type, measure_options, run_bench_command)
 from fastbert.bench.variants import BASELINES
 from fastbert.cli_args import output_dir, resolve_device
 from fastbert.models import max_sequence_length
@@ -43,6 +43,11 @@ def train_plan(args) -> BenchPlan:
         notes.append("largest-batch search: skipped (--no-max-batch)")
     notes.append("peak memory: " + (train.TRAIN_MEMORY_KIND if dev_type == "cuda" else "not measured on the CPU (null)"))
     return BenchPlan(device, variants, notes, configs, options, out_dir)
+
+
+def run_bench_or_train_command(args) -> int:
+    """``fastbert bench``: :func:`run_train_command` with ``--train``, else the forward bench."""
+    return run_train_command(args) if args.train else run_bench_command(args)
 
 
 def run_train_command(args) -> int:
