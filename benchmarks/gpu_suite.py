@@ -122,7 +122,7 @@ def _crossover(script: str, limit_s: float, gpu_args: list[str]) -> Step:
 STEPS: list[Step] = [
     Step("env", 20, lambda ctx: _py(ctx, str(Path(__file__).resolve()), "--env", str(ctx.work / "env.json")),
          lambda ctx: ["env.json"]),
-    Step("gpu-tests", 110,
+    Step("gpu-tests", 100,
          lambda ctx: _py(ctx, "-m", "pytest", str(REPO / "tests"), "-m", "gpu", "-q", "-ra", "-p", "no:cacheprovider",
                          "--junitxml", str(ctx.work / "gpu-tests.xml")),
          lambda ctx: ["gpu-tests.xml"]),
@@ -130,7 +130,7 @@ STEPS: list[Step] = [
          lambda ctx: _cli(ctx, "compile-check", "--arch", "90", "--jobs", str(ctx.cpus), "--json", str(ctx.work / "compile-check.json"),
                           *(["--kernel", "layernorm_bwd_reduce"] if ctx.dry_run else [])),
          lambda ctx: ["compile-check.json"], returned="compile-check.json"),
-    Step("attention", 60,
+    Step("attention", 55,
          lambda ctx: _py(ctx, str(REPO / "benchmarks" / "attention_microbench.py"), "--json", str(ctx.work / "attention.json"),
                          *(["--tiny", "--dtype", "fp32"] if ctx.dry_run else [])),
          lambda ctx: ["attention.json"], returned="attention.json", env=_interpret_on_cpu),
@@ -138,24 +138,24 @@ STEPS: list[Step] = [
          lambda ctx: _py(ctx, str(REPO / "benchmarks" / "elementwise_microbench.py"), "--json", str(ctx.work / "elementwise.json"),
                          *(["--tiny", "--dtype", "fp32"] if ctx.dry_run else [])),
          lambda ctx: ["elementwise.json"], returned="elementwise.json", env=_interpret_on_cpu),
-    Step("bench", 70,
+    Step("bench", 50,
          lambda ctx: _cli(ctx, "bench", "--out", str(ctx.work / "bench"), *(
              ["--arch", "bert-tiny", "--batch", "2", "--seq-len", "32", "--dtype", "fp32", "--warmup", "1", "--repeats", "3"]
              if ctx.dry_run else
              # torch.compile's baseline is left to a separate run: its compilations (30-70 s each) do not fit here.
-             ["--quick", "--no-compile", "--time-budget", "55", "--warmup", "3", "--max-time-per-variant", "0.5"])),
+             ["--quick", "--no-compile", "--time-budget", "35", "--warmup", "3", "--max-time-per-variant", "0.5"])),
          lambda ctx: ["bench/bench.json", "bench/bench.csv"], returned="bench/bench.json"),
     # Small-batch latency, where CUDA graphs matter: fastbert in its cuda_graphs=True mode beside HF
     # SDPA and fastbert eager (no varlen batches), in the tarball. torch.compile(mode="reduce-overhead") is the
     # variant hf_compile_ro, left to a run of its own: `fastbert bench --arch bert-base --batch 1 2 4 8
     # --seq-len 16 32 64 128 --dtype fp16 --no-varlen --variants hf_sdpa hf_compile_ro fastbert fastbert_graphs`.
-    Step("latency", 40,
+    Step("latency", 35,
          lambda ctx: _cli(ctx, "bench", "--out", str(ctx.work / "latency"), "--no-varlen", "--no-plots", "--variants",
                           "hf_sdpa", "fastbert", "fastbert_graphs", *(
              ["--arch", "bert-tiny", "--batch", "1", "--seq-len", "16", "--dtype", "fp32", "--warmup", "1", "--repeats", "3"]
              if ctx.dry_run else
              ["--arch", "bert-base", "--batch", "1", "8", "--seq-len", "16", "128", "--dtype", "fp16",
-              "--time-budget", "30", "--warmup", "5", "--max-time-per-variant", "0.5"])),
+              "--time-budget", "25", "--warmup", "5", "--max-time-per-variant", "0.5"])),
          lambda ctx: ["latency/bench.json"]),  # in the tarball (a returned file's name must be unique)
     Step("profile", 35,
          lambda ctx: _cli(ctx, "profile", "--compare", "hf", "--out", str(ctx.work / "profile"), *(
@@ -177,6 +177,18 @@ def add_step(step: Step, before: str | None = None) -> None:
         raise ValueError(f"a step named {step.name!r} exists already")
     index = next((i for i, s in enumerate(STEPS) if s.name == before), len(STEPS))
     STEPS.insert(index, step)
+
+
+# Training steps (bench --train): BERT-base bf16, batch 32 x 512 and 128, fixed and variable length, without
+# torch.compile and the largest-batch search (each takes minutes: runs of their own). Its 35 s and the latency
+# step's came out of "bench" (110 s before), "gpu-tests" and "attention".
+add_step(Step("train", 35,
+              lambda ctx: _cli(ctx, "bench", "--train", "--no-max-batch", "--no-plots", "--out", str(ctx.work / "train"), *(
+                  ["--arch", "bert-tiny", "--batch", "1", "--seq-len", "16", "--no-varlen", "--threads", "1", "--repeats", "1",
+                   "--variants", "hf_sdpa", "fastbert"]
+                  if ctx.dry_run else
+                  ["--quick", "--no-compile", "--time-budget", "25", "--warmup", "2", "--max-time-per-variant", "0.4"])),
+              lambda ctx: ["train/train.json", "train/train.csv"], returned="train/train.json"), before="profile")
 
 
 def returned_files() -> list[str]:

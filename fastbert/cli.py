@@ -97,6 +97,13 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="start no configuration after this many seconds; the rest are recorded as skipped")
     p.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
+    p.add_argument("--train", action="store_true",
+                   help="time training steps (forward + backward + AdamW) instead of forwards; variants hf_eager hf_sdpa "
+                   "hf_compile fastbert fastbert_ckpt (gradient checkpointing); writes train.json, train.csv, plots. "
+                   "Defaults: GPU bert-base bf16, batch 8 32, seq 512 128; CPU minilm-l6 fp32, batch 16, seq 128")
+    p.add_argument("--task", choices=["cls", "mlm"], help="with --train: sequence classification (default) or masked LM")
+    p.add_argument("--no-max-batch", action="store_true",
+                   help="with --train on a GPU: skip the search for the largest batch that trains at seq 128 and 512")
     _add_run_options(p, "bench")
 
 
@@ -155,13 +162,15 @@ _SUBCOMMANDS = (  # name, what runs it ("module:function"), its arguments, help,
         "model and report.",
     ),
     (
-        "bench", "fastbert.bench.command:run_bench_command", _bench_arguments,
+        "bench", "fastbert.bench.train_command:run_bench_or_train_command", _bench_arguments,
         "time HF eager / HF SDPA / torch.compile / fastbert (/ CUDA graphs) over a sweep of shapes",
         "Sweep models x batch sizes x sequence lengths x dtypes (plus variable-length batches) and time, "
         "in one process on the same inputs, HF eager, HF SDPA, torch.compile of HF SDPA, fastbert and, on a GPU, "
         "fastbert in a CUDA graph. Prints a table; writes bench.json, bench.csv and PNG plots to --out. "
         "Defaults: on a GPU bert-base and bert-large, batch 1 8 32 128 256, seq 128 512, fp16 and bf16; "
-        "without one a small CPU sweep (bert-tiny, minilm-l6, batch 1 8, seq 32 128, fp32).",
+        "without one a small CPU sweep (bert-tiny, minilm-l6, batch 1 8, seq 32 128, fp32). "
+        "With --train: training steps instead (forward + backward + AdamW step), their peak memory (GPU), the losses "
+        "of all variants checked against each other, and on a GPU the largest batch each variant trains.",
     ),
     (
         "profile", "fastbert.bench.command:run_profile_command", _profile_arguments,

@@ -8,7 +8,8 @@ argument checked (ValueError, exit code 2) before any model is loaded. Then it r
 and reports (:mod:`fastbert.bench.report`, :mod:`fastbert.bench.profile`). ``bench --model PATH
 [--texts FILE]`` (the user's checkpoint on the user's texts, :mod:`fastbert.bench.texts`)
 is resolved by :func:`text_bench_plan`; ``profile --model PATH`` profiles one batch of
-those texts (:func:`fastbert.bench.user_model.profile_batch`).
+those texts (:func:`fastbert.bench.user_model.profile_batch`). ``bench --train`` is
+:mod:`fastbert.bench.train_command`, which reuses these resolvers.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def apply_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def _device_type(device: str) -> str:
+def device_type(device: str) -> str:
+    """``"cuda"`` or ``"cpu"``: the kind of a resolved device, which picks the defaults."""
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
@@ -69,30 +71,32 @@ class BenchPlan:
     out_dir: Path
 
 
-def choose_variants(device: str, requested: list[str] | None, compile_on_cpu: bool, no_compile: bool) -> tuple[list[str], list[str]]:
-    """(variants to run, notes on what was left out and why)."""
+def choose_variants(device: str, requested: list[str] | None, compile_on_cpu: bool, no_compile: bool,
+                    catalog: dict = VARIANTS) -> tuple[list[str], list[str]]:
+    """(variants of ``catalog`` to run, notes on what was left out and why)."""
     notes = []
-    names = list(requested) if requested else list(DEFAULT_VARIANTS)
-    unknown = [n for n in names if n not in VARIANTS]
+    names = list(requested) if requested else list(DEFAULT_VARIANTS if catalog is VARIANTS else catalog)
+    unknown = [n for n in names if n not in catalog]
     if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; expected some of {list(VARIANTS)}")
+        raise ValueError(f"unknown variant(s) {unknown}; expected some of {list(catalog)}")
     on_gpu = device.startswith("cuda")
-    for name in [n for n in names if VARIANTS[n].gpu_only and not on_gpu]:
+    for name in [n for n in names if catalog[n].gpu_only and not on_gpu]:
         names.remove(name)
         notes.append(f"{name} skipped: CUDA graphs need a GPU")
     for name in [n for n in names if n in COMPILED]:
         if no_compile or (not on_gpu and not compile_on_cpu and not requested):
             names.remove(name)
             why = "--no-compile was given" if no_compile else "compiling is slow on a few CPU cores; pass --compile to include it"
-            notes.append(f"{name} ({VARIANTS[name].description}) skipped: {why}")
+            notes.append(f"{name} ({catalog[name].description}) skipped: {why}")
     if "fastbert" not in names:
         notes.append("no 'fastbert' variant: no speedups are reported")
     return names, notes
 
 
-def measure_options(args, device: str, variants: list[str]) -> measure.BenchOptions:
-    """BenchOptions from the CLI arguments, with this device's defaults where none was given."""
-    warmup, repeats, max_s = MEASURE_DEFAULTS[_device_type(device)]
+def measure_options(args, device: str, variants: list[str], defaults: dict = MEASURE_DEFAULTS) -> measure.BenchOptions:
+    """BenchOptions from the CLI arguments, with this device's ``defaults`` (warm-up, repeats,
+    seconds per variant) where none was given."""
+    warmup, repeats, max_s = defaults[device_type(device)]
     if (args.repeats is not None and args.repeats < 1) or (args.warmup is not None and args.warmup < 0):
         raise ValueError("--repeats must be at least 1 and --warmup at least 0")
     if args.max_time_per_variant is not None and not args.max_time_per_variant > 0:
@@ -113,7 +117,7 @@ def bench_plan(args) -> BenchPlan:
         raise ValueError("--texts goes with --model PATH (your checkpoint on your texts)")
     device = resolve_device(args.device)
     apply_threads(args.threads)
-    dev_type = _device_type(device)
+    dev_type = device_type(device)
     variants, notes = choose_variants(device, args.variants, args.compile, args.no_compile)
     configs = sweep.resolve_sweep(dev_type, args.quick, args.arch, args.model_dir, args.batch, args.seq_len, args.dtype,
                                   varlen=not args.no_varlen)
@@ -127,7 +131,10 @@ def bench_plan(args) -> BenchPlan:
 
 
 def run_bench_command(args) -> int:
-    """Run ``fastbert bench`` for parsed CLI ``args``; returns the exit code."""
+    """Run ``fastbert bench`` (without ``--train``) for parsed CLI ``args``; returns the exit code."""
+    for flag, given in (("--task", args.task is not None), ("--no-max-batch", args.no_max_batch)):
+        if given:
+            raise ValueError(f"{flag} goes with --train")
     if args.model is not None:
         return run_text_bench_command(args)
     wall_start = time.perf_counter()
@@ -147,16 +154,16 @@ def run_bench_command(args) -> int:
     # Partial results are saved after every configuration, so a run stopped by a time limit keeps them.
     opts.on_entry = record.save
     entries = measure.run_sweep(plan.configs, opts)
-    return _exit_code(record.finish(entries, plots=not args.no_plots))
+    return bench_exit_code(record.finish(entries, plots=not args.no_plots))
 
 
-def _exit_code(doc: dict) -> int:
+def bench_exit_code(doc: dict, files: str = "bench.json") -> int:
     """1 when a variant failed with an error or nothing was measured (out of memory is a result, not a failure)."""
     statuses = [r["status"] for e in doc["results"] for r in e["variants"].values()]
     errors = statuses.count("error")
     if errors or "ok" not in statuses:
         why = f"{errors} run(s) failed with an error" if errors else "nothing was measured"
-        print(f"fastbert bench: {why}; see bench.json", file=sys.stderr)
+        print(f"fastbert bench: {why}; see {files}", file=sys.stderr)
         return 1
     return 0
 
@@ -184,7 +191,7 @@ def profile_plan(args) -> ProfilePlan:
     """Resolve ``fastbert profile``'s arguments; ValueError (exit 2) for any bad one, before any work."""
     device = resolve_device(args.device)
     apply_threads(args.threads)
-    arch, batch, seq_len, dtype = PROFILE_DEFAULTS[_device_type(device)]
+    arch, batch, seq_len, dtype = PROFILE_DEFAULTS[device_type(device)]
     if args.model is not None or args.texts is not None:
         return _user_profile_plan(args, device, batch, dtype)
     if args.model_dir and args.arch:
@@ -217,7 +224,7 @@ def run_profile_command(args) -> int:
         feed = sweep.make_batch(base.config, plan.batch, plan.seq_len, False, args.seed, device)
     meta = report.collect_metadata(device)
     peak_tflops, peak_gbps, peak_note = profile.resolve_peak(meta.get("gpu_name"), dtype, args.peak_tflops, args.peak_gbps)
-    if _device_type(device) == "cpu" and args.peak_tflops is None:
+    if device_type(device) == "cpu" and args.peak_tflops is None:
         peak_note = "peak unknown on the CPU; measured on the CPU (not a GPU result)"
     elem = torch.tensor([], dtype=DTYPES[dtype]).element_size()
     costs = profile.forward_costs(base.config, plan.batch, plan.seq_len, elem, pooler=getattr(base, "pooler", None) is not None)
@@ -299,7 +306,7 @@ def text_bench_plan(args) -> texts.TextBenchPlan:
     _refuse_with_model(args, SWEEP_ONLY)
     device = resolve_device(args.device)
     apply_threads(args.threads)
-    batches, dtypes, warmup, repeats = TEXT_DEFAULTS[_device_type(device)]
+    batches, dtypes, warmup, repeats = TEXT_DEFAULTS[device_type(device)]
     batches = args.batch or batches
     positive_ints(batches, "--batch")
     dtypes = [canonical_dtype(d) for d in args.dtype] if args.dtype else dtypes
@@ -308,7 +315,7 @@ def text_bench_plan(args) -> texts.TextBenchPlan:
     text_list, source = read_texts(args.texts)
     out_dir = output_dir(args.out or str(default_out_dir("bench")), "--out")
     notes = []
-    if _device_type(device) == "cpu":
+    if device_type(device) == "cpu":
         notes.append("measured on the CPU (no GPU used): these are CPU numbers, not GPU results")
     return texts.TextBenchPlan(
         user=user, texts=text_list, texts_source=source, device=device, dtypes=list(dict.fromkeys(dtypes)),
@@ -335,4 +342,4 @@ def run_text_bench_command(args) -> int:
     }
     record = texts.TextBenchRecord(plan, settings, started=wall_start)
     entries = texts.run_text_bench(plan, on_entry=record.save)
-    return _exit_code(record.finish(entries))
+    return bench_exit_code(record.finish(entries))

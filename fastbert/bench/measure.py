@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from fastbert.bench.sweep import BenchConfig, load_base_model, make_batch, row_lengths, token_counts
-from fastbert.bench.variants import VARIANTS, set_attention
+from fastbert.bench.variants import BASELINES, VARIANTS, set_attention
 from fastbert.numerics import DTYPES, compare, reference_dtype
 from fastbert.ops import dispatch
 
@@ -196,18 +196,19 @@ class PeakMemory:
 
 
 @contextlib.contextmanager
-def track_peak(module: nn.Module, device) -> Iterator[PeakMemory]:
+def track_peak(module: nn.Module, device, kind: str = CUDA_KIND) -> Iterator[PeakMemory]:
     """Measure the peak memory of the work done inside the block.
 
     On a GPU: this module's weights plus how far ``torch.cuda.max_memory_allocated``
     rose above what was allocated when the block began, i.e. what this variant would need
     alone (the other variants' models, resident at the same time, are not counted).
+    ``kind`` says in the results what that covers.
     """
     device = torch.device(device)
     if device.type != "cuda":
         yield PeakMemory(CPU_KIND)
         return
-    result = PeakMemory(CUDA_KIND)
+    result = PeakMemory(kind)
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -289,15 +290,22 @@ class _Prepared:
     backends: str | None
 
 
+def prepare_call(make_call: Callable[[], Callable], module, opts: BenchOptions, baseline: bool, grad: bool = False,
+                 memory_kind: str = CUDA_KIND) -> _Prepared:
+    """Make a variant's call (compiling / capturing happens here) and warm it up, without
+    autograd unless ``grad``. Peak memory is tracked over both, so that each variant's peak
+    is its own even though the timed calls are interleaved; the backends fastbert's dispatch
+    chose are recorded for non-``baseline`` variants."""
+    grad_mode = contextlib.nullcontext() if grad else torch.no_grad()
+    with grad_mode, track_peak(module, opts.device, memory_kind) as peak, dispatch.record_dispatch() as calls:
+        call = make_call()
+        warm = warm_up(call, opts.device, opts.warmup)
+    return _Prepared(call, warm, peak, None if baseline else _backends(calls))
+
+
 def _prepare(name: str, module, feed: dict, opts: BenchOptions) -> _Prepared:
-    """Build the variant's call (compiling / capturing happens here) and warm it up. Peak
-    memory is tracked over the build and the warm-up forwards, so that each variant's peak is
-    its own even though the timed calls are interleaved."""
     variant = VARIANTS[name]
-    with torch.no_grad(), track_peak(module, opts.device) as peak, dispatch.record_dispatch() as calls:
-        forward = variant.make_forward(module, feed)
-        warm = warm_up(forward, opts.device, opts.warmup)
-    return _Prepared(forward, warm, peak, None if variant.baseline else _backends(calls))
+    return prepare_call(lambda: variant.make_forward(module, feed), module, opts, variant.baseline)
 
 
 def measure_config(modules: dict, feed: dict, ref_out, tokens, opts: BenchOptions) -> dict[str, dict]:
@@ -320,14 +328,16 @@ def measure_config(modules: dict, feed: dict, ref_out, tokens, opts: BenchOption
     for name, exc in failed.items():
         results[name] = variant_result(failure_status(exc), failure_message(exc))
     for name, seconds in times.items():
-        results[name] = _ok_result(prepared[name], seconds, outputs.get(name, prepared[name].warm.output), ref_out,
-                                   feed, tokens, opts)
+        results[name] = ok_result(prepared[name], seconds, outputs.get(name, prepared[name].warm.output), ref_out,
+                                  feed, tokens, opts)
     del prepared, outputs
     release_memory(opts.device)
     return {n: results[n] for n in modules}
 
 
-def _ok_result(prep: _Prepared, seconds: list[float], out, ref_out, feed, tokens, opts) -> dict:
+def ok_result(prep: _Prepared, seconds: list[float], out, ref_out, feed, tokens, opts) -> dict:
+    """The result record of a variant timed ``seconds``; its error against ``ref_out`` (None:
+    not compared) on real tokens."""
     t = summarize(seconds, prep.warm.first_call_s, timer_name(opts.device))
     real, padded = tokens
     max_abs = rel = None
@@ -351,13 +361,13 @@ def _backends(calls: list[tuple[str, str]]) -> str:
     return ";".join(f"{op}={'+'.join(sorted(b))}" for op, b in sorted(chosen.items()))
 
 
-def speedups(variants: dict[str, dict]) -> dict[str, dict[str, float]]:
+def speedups(variants: dict[str, dict], key: str = "median_ms") -> dict[str, dict[str, float]]:
     """``{fastbert variant: {baseline: baseline median / fastbert median}}`` over the
-    variants measured ("ok") in this configuration."""
-    ok = {n: r["median_ms"] for n, r in variants.items() if r["status"] == "ok"}
+    variants measured ("ok") in this configuration (``key="min_ms"``: the same with minima)."""
+    ok = {n: r[key] for n, r in variants.items() if r["status"] == "ok"}
     out = {}
-    for fb in (n for n in ok if not VARIANTS[n].baseline):
-        out[fb] = {base: ok[base] / ok[fb] for base in ok if VARIANTS[base].baseline}
+    for fb in (n for n in ok if n not in BASELINES):
+        out[fb] = {base: ok[base] / ok[fb] for base in ok if base in BASELINES}
     return out
 
 
@@ -370,7 +380,41 @@ def _progress_to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _config_entry(cfg: BenchConfig, tokens, reference: str, variants: dict) -> dict:
+class SweepLog:
+    """The entries of a sweep as they come: a progress line and ``opts.on_entry`` after each,
+    and whether ``opts.time_budget_s`` is spent (counted from this log's creation)."""
+
+    def __init__(self, total: int, opts: BenchOptions):
+        self.total, self.opts, self.entries = total, opts, []
+        self.progress = opts.progress or _progress_to_stderr
+        self.start = time.perf_counter()
+
+    def budget_spent(self) -> bool:
+        """Whether the time budget has passed (never, without one)."""
+        budget = self.opts.time_budget_s
+        return budget is not None and time.perf_counter() - self.start > budget
+
+    def record(self, entry: dict) -> None:
+        """Keep ``entry``, print its progress line, then call ``opts.on_entry`` with every entry so far."""
+        self.entries.append(entry)
+        self.progress(progress_line(len(self.entries), self.total, time.perf_counter() - self.start, entry))
+        if self.opts.on_entry is not None:
+            self.opts.on_entry(self.entries)
+
+    def skip(self, configs: list[BenchConfig], reference: str) -> None:
+        """Record ``configs`` as skipped: the time budget was spent before them."""
+        for cfg in configs:
+            self.record(skipped_entry(cfg, self.opts, reference))
+
+    def fail(self, configs: list[BenchConfig], exc: BaseException) -> None:
+        """Record ``configs`` as failed for every variant: their model could not be loaded."""
+        message = f"loading the model: {failure_message(exc)}"
+        for cfg in configs:
+            self.record(config_entry(cfg, (0, 0), "none", {n: variant_result("error", message) for n in self.opts.variants}))
+
+
+def config_entry(cfg: BenchConfig, tokens, reference: str, variants: dict) -> dict:
+    """One configuration's entry of the results (see report.py for the schema)."""
     real, padded = tokens
     return {
         "config": cfg.to_dict(), "label": cfg.label(), "real_tokens": real, "padded_tokens": padded,
@@ -379,7 +423,8 @@ def _config_entry(cfg: BenchConfig, tokens, reference: str, variants: dict) -> d
     }
 
 
-def _progress_line(index: int, total: int, elapsed: float, entry: dict) -> str:
+def progress_line(index: int, total: int, elapsed: float, entry: dict) -> str:
+    """``[i/n elapsed] label: variant ms | ...`` for the progress printed after each configuration."""
     parts = []
     for name, r in entry["variants"].items():
         parts.append(f"{name} {r['median_ms']:.3g} ms" if r["status"] == "ok" else f"{name} {r['status']}")
@@ -405,11 +450,12 @@ class _ModelVariants:
         return self.cache[key]
 
 
-def _skipped_entry(cfg: BenchConfig, opts: BenchOptions, reference: str) -> dict:
+def skipped_entry(cfg: BenchConfig, opts: BenchOptions, reference: str) -> dict:
+    """The entry of a configuration not started because the time budget was spent."""
     msg = f"skipped: the time budget of {opts.time_budget_s:g} s was spent"
     lengths = row_lengths(cfg.batch, cfg.seq_len, cfg.varlen, opts.seed)
     tokens = (int(lengths.sum()), cfg.batch * cfg.seq_len)
-    return _config_entry(cfg, tokens, reference, {n: variant_result("skipped", msg) for n in opts.variants})
+    return config_entry(cfg, tokens, reference, {n: variant_result("skipped", msg) for n in opts.variants})
 
 
 def run_sweep(configs: list[BenchConfig], opts: BenchOptions) -> list[dict]:
@@ -417,35 +463,21 @@ def run_sweep(configs: list[BenchConfig], opts: BenchOptions) -> list[dict]:
     for the schema). Failures are recorded per variant, never raised. Once
     ``opts.time_budget_s`` has passed, no configuration (or model) is started: the rest are
     recorded as skipped."""
-    progress = opts.progress or _progress_to_stderr
     device = torch.device(opts.device)
-    start, entries = time.perf_counter(), []
+    log = SweepLog(len(configs), opts)
     reference = f"HF sdpa in {str(reference_dtype(device)).replace('torch.', '')} on {device.type}"
-
-    def budget_spent() -> bool:
-        return opts.time_budget_s is not None and time.perf_counter() - start > opts.time_budget_s
-
-    def record(entry: dict) -> None:
-        entries.append(entry)
-        progress(_progress_line(len(entries), len(configs), time.perf_counter() - start, entry))
-        if opts.on_entry is not None:
-            opts.on_entry(entries)
-
     if device.type == "cuda":
         l2_flush_buffer(device)  # allocated before any variant's memory is tracked
     for model_name, model_cfgs in itertools.groupby(configs, key=lambda c: c.model):
         model_cfgs = list(model_cfgs)
-        if budget_spent():
-            for cfg in model_cfgs:
-                record(_skipped_entry(cfg, opts, reference))
+        if log.budget_spent():
+            log.skip(model_cfgs, reference)
             continue
         try:
             base = load_base_model(model_name, opts.seed)
             ref_model = set_attention(copy.deepcopy(base).to(device=device, dtype=reference_dtype(device)).eval(), "sdpa")
         except Exception as exc:
-            for cfg in model_cfgs:
-                message = f"loading the model: {failure_message(exc)}"
-                record(_config_entry(cfg, (0, 0), "none", {n: variant_result("error", message) for n in opts.variants}))
+            log.fail(model_cfgs, exc)
             continue
         models = _ModelVariants(base, device)
         for (seq_len, varlen, batch), shape_cfgs in itertools.groupby(model_cfgs, key=lambda c: (c.seq_len, c.varlen, c.batch)):
@@ -453,19 +485,19 @@ def run_sweep(configs: list[BenchConfig], opts: BenchOptions) -> list[dict]:
             tokens = token_counts(feed)
             ref_out = None
             for cfg in shape_cfgs:
-                if budget_spent():
-                    record(_skipped_entry(cfg, opts, reference))
+                if log.budget_spent():
+                    log.record(skipped_entry(cfg, opts, reference))
                     continue
                 if ref_out is None:
                     ref_out = _reference_output(ref_model, feed)
                 modules = {name: models.get(name, cfg.dtype) for name in opts.variants}
-                record(_config_entry(cfg, tokens, reference, measure_config(modules, feed, ref_out, tokens, opts)))
+                log.record(config_entry(cfg, tokens, reference, measure_config(modules, feed, ref_out, tokens, opts)))
         del models, ref_model, base
         if "hf_compile" in opts.variants:
             torch._dynamo.reset()  # drop this model's compiled graphs
         gc.collect()
         release_memory(device)
-    return entries
+    return log.entries
 
 
 def _reference_output(ref_model, feed) -> torch.Tensor | None:

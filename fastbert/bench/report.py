@@ -52,25 +52,34 @@ SCHEMA = "fastbert-bench/1"
 CONFIG_COLUMNS = ["model", "batch", "seq_len", "dtype", "varlen"]
 VARIANT_COLUMNS = ["status", "median_ms", "p90_ms", "min_ms", "repeats", "first_call_ms", "real_tokens_per_s",
                    "padded_tokens_per_s", "peak_memory_bytes", "rel_error", "max_abs_error", "backends", "error"]
-CSV_COLUMNS = (CONFIG_COLUMNS + ["real_tokens", "padded_tokens", "padding_fraction", "variant"] + VARIANT_COLUMNS
-               + [f"speedup_vs_{b}" for b in BASELINES])
 
 
-def document(metadata: dict, settings: dict, entries: list[dict], wall_time_s: float, complete: bool) -> dict:
+def csv_columns(config_columns: list[str] = CONFIG_COLUMNS, variant_columns: list[str] = VARIANT_COLUMNS) -> list[str]:
+    """The CSV header: configuration, token counts, variant, its numbers, speedups."""
+    return (config_columns + ["real_tokens", "padded_tokens", "padding_fraction", "variant"] + variant_columns
+            + [f"speedup_vs_{b}" for b in BASELINES])
+
+
+CSV_COLUMNS = csv_columns()
+
+
+def document(metadata: dict, settings: dict, entries: list[dict], wall_time_s: float, complete: bool,
+             schema: str = SCHEMA) -> dict:
     """The JSON document of one bench run (``complete`` False while the sweep is still running)."""
-    return {"schema": SCHEMA, "metadata": metadata, "settings": settings, "wall_time_s": wall_time_s,
+    return {"schema": schema, "metadata": metadata, "settings": settings, "wall_time_s": wall_time_s,
             "complete": complete, "results": entries}
 
 
-def csv_rows(entries: list[dict]) -> list[dict]:
+def csv_rows(entries: list[dict], config_columns: list[str] = CONFIG_COLUMNS,
+             variant_columns: list[str] = VARIANT_COLUMNS) -> list[dict]:
     """One flat row per (configuration, variant); ``speedup_vs_*`` only on fastbert rows."""
     rows = []
     for e in entries:
         for name, r in e["variants"].items():
-            row = {k: e["config"][k] for k in CONFIG_COLUMNS}
+            row = {k: e["config"][k] for k in config_columns}
             row.update(real_tokens=e["real_tokens"], padded_tokens=e["padded_tokens"],
                        padding_fraction=e["padding_fraction"], variant=name)
-            row.update({k: r[k] for k in VARIANT_COLUMNS})
+            row.update({k: r.get(k) for k in variant_columns})
             for base in BASELINES:
                 row[f"speedup_vs_{base}"] = e["speedup"].get(name, {}).get(base)
             rows.append(row)
@@ -92,12 +101,13 @@ def _finite(value):
     return value
 
 
-def write_csv(entries: list[dict], path: Path) -> None:
+def write_csv(entries: list[dict], path: Path, config_columns: list[str] = CONFIG_COLUMNS,
+              variant_columns: list[str] = VARIANT_COLUMNS) -> None:
     """Write :func:`csv_rows` with a header; empty cells for missing values."""
     with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=csv_columns(config_columns, variant_columns))
         writer.writeheader()
-        for row in csv_rows(entries):
+        for row in csv_rows(entries, config_columns, variant_columns):
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
 
 
@@ -312,9 +322,10 @@ def pyplot():
     return plt
 
 
-def write_plots(doc: dict, out_dir: Path) -> list[Path] | None:
+def write_plots(doc: dict, out_dir: Path, what: str = "") -> list[Path] | None:
     """Write ``throughput-<model>-<dtype>.png`` and ``speedup-<model>-<dtype>.png`` into
-    ``out_dir``; returns their paths, or None when matplotlib is not installed."""
+    ``out_dir``; returns their paths, or None when matplotlib is not installed. ``what``
+    (e.g. "training step") goes into the titles."""
     plt = pyplot()
     if plt is None:
         return None
@@ -329,7 +340,7 @@ def write_plots(doc: dict, out_dir: Path) -> list[Path] | None:
         for ax, v in zip(axes[0], variants):
             lines = _series(entries, model, dtype, lambda e, v=v: e["variants"][v]["real_tokens_per_s"])
             _panel(ax, lines, v, "real tokens / s")
-        fig.suptitle(f"{model} {dtype}: throughput (median) — {where}", fontsize=10)
+        fig.suptitle(f"{model} {dtype}: {what + ' ' if what else ''}throughput (median) — {where}", fontsize=10)
         fig.tight_layout()
         written.append(out_dir / f"throughput-{suffix}")
         fig.savefig(written[-1], dpi=110)
@@ -340,7 +351,7 @@ def write_plots(doc: dict, out_dir: Path) -> list[Path] | None:
                 lines = _series(entries, model, dtype, lambda e, b=b: e["speedup"].get("fastbert", {}).get(b))
                 _panel(ax, lines, f"fastbert vs {b}", "speedup (x)")
                 ax.axhline(1.0, color="grey", linewidth=0.8)
-            fig.suptitle(f"{model} {dtype}: fastbert speedup — {where}", fontsize=10)
+            fig.suptitle(f"{model} {dtype}: fastbert {what + ' ' if what else ''}speedup — {where}", fontsize=10)
             fig.tight_layout()
             written.append(out_dir / f"speedup-{suffix}")
             fig.savefig(written[-1], dpi=110)
