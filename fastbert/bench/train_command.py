@@ -24,6 +24,10 @@ from fastbert.models import max_sequence_length
 def train_plan(args) -> BenchPlan:
     """Resolve ``fastbert bench --train``'s arguments (its own defaults: :mod:`fastbert.bench.train`);
     ValueError (exit 2) for any bad one, before any work. ``options`` are TrainOptions."""
+    for flag, value in (("--model", args.model), ("--texts", args.texts)):
+        if value is not None:
+            raise ValueError(f"{flag} times inference on your texts and does not go with --train "
+                             "(train a checkpoint with --model-dir DIR)")
     device = resolve_device(args.device)
     apply_threads(args.threads)
     dev_type = device_type(device)

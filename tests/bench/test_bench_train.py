@@ -257,6 +257,8 @@ def test_checkpoint_folder_as_model(tmp_path):
     (["bench", "--train", "--repeats", "0"], "--repeats must be at least 1"),
     (["bench", "--train", "--threads", "0"], "--threads must be positive"),
     (["bench", "--train", "--model-dir", "no/such/dir"], "--model-dir"),
+    (["bench", "--train", "--model", "some/dir"], "--model times inference"),
+    (["bench", "--train", "--texts", "texts.txt"], "--texts times inference"),
 ])
 def test_bad_arguments_exit_2_with_one_line(argv, message, tmp_path, capsys):
     assert main([*argv, "--device", "cpu", "--out", str(tmp_path / "out")]) == 2
