@@ -58,7 +58,7 @@ def linear(
         raise ValueError(f"x's last dimension ({x.shape[-1]}) must equal weight's in_features ({weight.shape[-1]})")
     if bias is not None and bias.shape != weight.shape[:1]:
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    if torch.is_autocast_enabled(x.device.type):  # as F.linear does under autocast: all in its dtype
+    if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):  # as F.linear does
         dtype = torch.get_autocast_dtype(x.device.type)
         x, weight = x.to(dtype), weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
