@@ -33,6 +33,10 @@ HEADS = ("Model", "ForSequenceClassification", "ForMaskedLM", "ForPreTraining", 
          "ForQuestionAnswering", "ForMultipleChoice")
 SEQUENCE_LEVEL = {"pooler_output", "seq_relationship_logits", "sop_logits"}
 MASK_KINDS = ("none", "right", "left", "middle", "empty rows", "general")
+if int(transformers.__version__.split(".")[0]) < 5:
+    # transformers 4.x refuses 4D masks in some families' SDPA path (no "general" reference) and
+    # gives rows without any real token a different result than 5.x, which fastbert follows.
+    MASK_KINDS = MASK_KINDS[:4]
 # Per family (five of them): 12 examples, 60 in all. Each family's examples come from its own
 # fixed seed (no example database): every run draws the same cases, and the families differ.
 EXAMPLES_PER_FAMILY = 12
