@@ -50,8 +50,8 @@ def _fastbert_kernels() -> list[registry.Kernel]:
 @pytest.mark.slow
 def test_every_kernel_passes_the_gate(tmp_path, capsys):
     """The gate as ``fastbert compile-check`` runs it, on this Triton: every kernel x variant x
-    config on sm_75 (what runs there), sm_80, sm_86 and sm_90; the heaviest config of each
-    variant on sm_89."""
+    config on sm_75 (what runs there), sm_80 and sm_90; the heaviest config of each variant on
+    sm_86 and sm_89."""
     kernels = _fastbert_kernels()
     rc, report = _run_gate(tmp_path, *[arg for k in kernels for arg in ("--kernel", k.name)])
     table = capsys.readouterr().out
