@@ -139,22 +139,29 @@ def run_bench_command(args) -> int:
         return run_text_bench_command(args)
     wall_start = time.perf_counter()
     plan = bench_plan(args)
-    for note in plan.notes:
-        print(f"note: {note}", file=sys.stderr)
-    print(f"fastbert bench: {len(plan.configs)} configurations x {len(plan.variants)} variants on {plan.device}",
-          file=sys.stderr)
+    settings = announce_run(plan, args, "fastbert bench")
     opts = plan.options
-    settings = {
-        "device": plan.device, "variants": plan.variants, "baselines": [v for v in plan.variants if v in BASELINES],
-        "warmup": opts.warmup, "repeats": opts.repeats, "max_seconds_per_variant": opts.max_seconds_per_variant,
-        "time_budget_s": opts.time_budget_s, "seed": opts.seed, "quick": args.quick, "notes": plan.notes,
-        "arguments": {k: v for k, v in vars(args).items() if k != "func"},
-    }
     record = report.BenchRecord(plan.device, settings, plan.out_dir, started=wall_start)
     # Partial results are saved after every configuration, so a run stopped by a time limit keeps them.
     opts.on_entry = record.save
     entries = measure.run_sweep(plan.configs, opts)
     return bench_exit_code(record.finish(entries, plots=not args.no_plots))
+
+
+def announce_run(plan: BenchPlan, args, title: str, **extra) -> dict:
+    """Print the plan's notes and a one-line summary on stderr; return the run's settings as
+    recorded in its JSON (``extra`` adds command-specific ones)."""
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"{title}: {len(plan.configs)} configurations x {len(plan.variants)} variants on {plan.device}", file=sys.stderr)
+    opts = plan.options
+    return {
+        "device": plan.device, **extra, "variants": plan.variants,
+        "baselines": [v for v in plan.variants if v in BASELINES], "warmup": opts.warmup, "repeats": opts.repeats,
+        "max_seconds_per_variant": opts.max_seconds_per_variant, "time_budget_s": opts.time_budget_s,
+        "seed": opts.seed, "quick": args.quick, "notes": plan.notes,
+        "arguments": {k: v for k, v in vars(args).items() if k != "func"},
+    }
 
 
 def bench_exit_code(doc: dict, files: str = "bench.json") -> int:

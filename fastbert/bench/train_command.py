@@ -14,9 +14,8 @@ import sys
 import time
 
 from fastbert.bench import max_batch, sweep, train, train_report
-from fastbert.bench.command import (BenchPlan, apply_threads, bench_exit_code, choose_variants, default_out_dir,
-                                    device_type, measure_options, run_bench_command)
-from fastbert.bench.variants import BASELINES
+from fastbert.bench.command import (BenchPlan, announce_run, apply_threads, bench_exit_code, choose_variants,
+                                    default_out_dir, device_type, measure_options, run_bench_command)
 from fastbert.cli_args import output_dir, resolve_device
 from fastbert.models import max_sequence_length
 
@@ -60,17 +59,8 @@ def run_train_command(args) -> int:
     wall_start = time.perf_counter()
     plan = train_plan(args)
     opts = plan.options
-    for note in plan.notes:
-        print(f"note: {note}", file=sys.stderr)
-    print(f"fastbert bench --train ({opts.task}): {len(plan.configs)} configurations x {len(plan.variants)} variants "
-          f"on {plan.device}", file=sys.stderr)
-    settings = {
-        "device": plan.device, "task": opts.task, "variants": plan.variants,
-        "baselines": [v for v in plan.variants if v in BASELINES], "warmup": opts.warmup, "repeats": opts.repeats,
-        "max_seconds_per_variant": opts.max_seconds_per_variant, "time_budget_s": opts.time_budget_s, "seed": opts.seed,
-        "learning_rate": train.LEARNING_RATE, "weight_decay": train.WEIGHT_DECAY, "quick": args.quick, "notes": plan.notes,
-        "arguments": {k: v for k, v in vars(args).items() if k != "func"},
-    }
+    settings = announce_run(plan, args, f"fastbert bench --train ({opts.task})", task=opts.task,
+                            learning_rate=train.LEARNING_RATE, weight_decay=train.WEIGHT_DECAY)
     record = train_report.TrainRecord(plan.device, settings, plan.out_dir, started=wall_start)
     opts.on_entry = record.save
     entries = train.run_train_sweep(plan.configs, opts)
