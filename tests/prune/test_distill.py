@@ -56,6 +56,37 @@ def test_hidden_loss_matches_its_definition_and_is_zero_for_the_teacher():
     assert kl.item() == pytest.approx(want.item(), rel=1e-4)
 
 
+def test_pooled_loss_matches_its_definition():
+    student, teacher = _pair()
+    batch = _batch(2)
+    loss = Distiller(student, teacher, hidden_weight=0.0, pooled_weight=1.0).loss(batch)
+    with torch.no_grad():
+        hs = student.eval()(**batch, output_hidden_states=True).hidden_states[-1]
+        ht = teacher(**batch, output_hidden_states=True).hidden_states[-1]
+    want = []
+    for row, keep in enumerate(batch["attention_mask"].bool()):  # one sentence at a time, real tokens only
+        s, t = hs[row][keep].mean(0), ht[row][keep].mean(0)
+        want.append(1 - (s @ t / (s.norm() * t.norm())).item())
+    assert loss.item() == pytest.approx(sum(want) / len(want), rel=1e-4)
+    assert Distiller(copy.deepcopy(teacher), teacher, pooled_weight=1.0).loss(batch).item() < 1e-6
+
+
+def test_student_dropout_is_off_unless_asked_and_its_mode_is_restored():
+    student, teacher = _pair(WITH_DROPOUT)
+    batch = _batch(4)
+    student.train()
+    quiet = Distiller(student, teacher)
+    assert quiet.loss(batch).item() == quiet.loss(batch).item()  # no dropout noise
+    assert student.training and all(m.training for m in student.modules())
+    noisy = Distiller(student, teacher, dropout=True)
+    assert noisy.loss(batch).item() != noisy.loss(batch).item()
+    student.eval()
+    quiet.loss(batch)
+    assert not student.training
+    with pytest.raises(TypeError, match="dropout"):
+        Distiller(student, teacher, dropout=1)
+
+
 def test_plain_loop_recovers_and_keeps_masks():
     student, teacher = _pair()
     zeros = {n: ~keep_mask(m) for n, m in student.named_modules() if keep_mask(m) is not None}
@@ -75,9 +106,15 @@ def test_plain_loop_recovers_and_keeps_masks():
     assert all(p.grad is None for p in teacher.parameters())
 
 
-def test_trainer_callback_trains_on_the_distillation_loss(tmp_path):
-    student, teacher = _pair(NO_DROPOUT)  # the training-mode loss is then the eval-mode one
-    distiller = Distiller(student, teacher)
+WITH_DROPOUT = transformers.BertConfig(**(CONFIG.to_dict() | {"hidden_dropout_prob": 0.5}))
+
+
+@pytest.mark.parametrize("config, dropout", [(NO_DROPOUT, True), (WITH_DROPOUT, False)], ids=["no-dropout-model",
+                                                                                                "dropout-off"])
+def test_trainer_callback_trains_on_the_distillation_loss(tmp_path, config, dropout):
+    # either way the training-mode loss must be the eval-mode one
+    student, teacher = _pair(config)
+    distiller = Distiller(student, teacher, dropout=dropout)
     rows = [{k: v[i] for k, v in _batch(20 + j, labels=True).items()} for j in range(3) for i in range(4)]
     seen = []
 
@@ -110,6 +147,8 @@ def test_bad_arguments():
         Distiller(student, teacher, hidden_weight=-1)
     with pytest.raises(ValueError, match="at least one"):
         Distiller(student, teacher, hidden_weight=0)
+    with pytest.raises(ValueError, match="pooled_weight"):
+        Distiller(student, teacher, pooled_weight=-0.5)
     with pytest.raises(ValueError, match="layers"):
         Distiller(student, teacher, layers="first")
     with pytest.raises(ValueError, match="labels"):
