@@ -37,9 +37,10 @@ BEGIN, END = "<!-- BEGIN GPU RESULTS -->", "<!-- END GPU RESULTS -->"
 CPU_LABEL = "CPU dry run: not GPU results"
 # Files kept from the tarball (relative paths); profiler traces are left out (large: regenerate them).
 KEEP = ("env.json", "attention.json", "elementwise.json", "compile-check.json", "gpu-tests.xml",
-        "bench/bench.json", "bench/bench.csv", "profile/profile.json", "linear_crossover.json", "sparse_crossover.json")
+        "bench/bench.json", "bench/bench.csv", "profile/profile.json", "linear_crossover.json", "sparse_crossover.json",
+        "prune_speed.json")
 KEEP_GLOBS = ("bench/*.png", "profile/*.png", "logs/*.log")
-MEASUREMENTS = ("attention.json", "elementwise.json", "bench/bench.json", "profile/profile.json")
+MEASUREMENTS = ("attention.json", "elementwise.json", "bench/bench.json", "profile/profile.json", "prune_speed.json")
 
 
 class Refused(Exception):
@@ -193,6 +194,17 @@ def write_charts(run: Path, dest: Path) -> list[str]:
     return written
 
 
+def prune_table(doc: dict | None) -> list[str]:
+    """Dense vs 2:4 vs block-sparse FFN rows of ``prune_speed.json`` as a Markdown table."""
+    if not doc or not doc.get("results"):
+        return ["(not measured in this run)"]
+    lines = ["| what | tokens | ms (median) | vs dense |", "| --- | --- | --- | --- |"]
+    for row in doc["results"]:
+        lines.append(f"| {row['what']} | {row.get('tokens', '')} | {row['seconds_median'] * 1e3:.3f} | "
+                     f"{row['speedup_vs_dense']:.2f}x |")
+    return lines
+
+
 def results_readme(summary: dict, run: Path, name: str, on_gpu: bool, files: list[str]) -> str:
     """The README.md of one results folder."""
     title = f"# {name}: fastbert GPU suite results" if on_gpu else f"# {name}: {CPU_LABEL.upper()}"
@@ -206,6 +218,7 @@ def results_readme(summary: dict, run: Path, name: str, on_gpu: bool, files: lis
               "FlashAttention counts); `benchmarks/attention_microbench.py`."]
     lines += ["", "## LayerNorm and GELU (GB/s against a device-to-device copy)", ""]
     lines += elementwise_table(_json(run, "elementwise.json")) + ["", gate_line(_json(run, "compile-check.json"))]
+    lines += ["", "## Pruned FFN (fp16, `benchmarks/prune_speed.py --parts ffn`)", ""] + prune_table(_json(run, "prune_speed.json"))
     lines += ["", "## Files", ""] + [f"- `{f}`" for f in files]
     return "\n".join(lines) + "\n"
 

@@ -152,8 +152,8 @@ def main(argv=None) -> None:
     for r in rows:
         t = r.get("seconds_min", r.get("seconds_median"))
         print(f"{r['what']:<58} {r['device']:<10} {t * 1e3:9.2f} ms  {r['speedup_vs_dense']:.2f}x vs dense")
-    meta = {"device": device, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "processor": platform.processor() or platform.machine(),
+    meta = {"device": device, "measured_on_gpu": device == "cuda", "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "processor": platform.processor() or platform.machine(),
             "date": time.strftime("%Y-%m-%d"), "repeats": args.repeats,
             "command": "python " + " ".join(["benchmarks/prune_speed.py", *(argv if argv is not None else sys.argv[1:])])}
     path = Path(args.json) if args.json else Path(args.out) / "prune_speed.json"

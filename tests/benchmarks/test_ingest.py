@@ -40,7 +40,11 @@ def fake_run(tmp_path: Path, on_gpu: bool = True, seed: int = 0, cpu_files: tupl
     env = {"measured_on_gpu": on_gpu, "gpu_name": "NVIDIA H200" if on_gpu else None, "compute_capability": "9.0",
            "driver_version": "580.1", "cuda_version": "13.0", "python": "3.12.3", "torch": "2.11.0", "triton": "3.6.0",
            "transformers": "5.17.0", "numpy": "2.5.2", "commit": "%040x" % rng.getrandbits(160), "dirty": False}  # fmt: skip
+    ffn = [{"what": f"FFN 768->3072->768 fp16, {v}", "device": "NVIDIA H200", "tokens": 4096,
+            "seconds_median": rng.uniform(1e-5, 1e-4), "speedup_vs_dense": rng.uniform(0.5, 3)}
+           for v in ("dense", "2:4", "block-sparse 75% (32x32)")]  # fmt: skip
     files = {
+        "prune_speed.json": {"meta": _meta(on_gpu and "prune_speed.json" not in cpu_files), "results": ffn},
         "attention.json": {"meta": _meta(on_gpu and "attention.json" not in cpu_files), "rows": attention},
         "elementwise.json": {"meta": _meta(on_gpu and "elementwise.json" not in cpu_files), "rows": elementwise},
         "compile-check.json": {"triton": "3.6.0", "summary": {"sm_90": {"ok": 173, "failed": 0}}, "rows": []},
@@ -96,10 +100,12 @@ def test_a_gpu_run_becomes_a_results_folder_and_the_readme_table(tmp_path, repo_
     dest = _ingest(out, repo_copy, allow_cpu=False)
     assert dest.name == f"h200-{DATE}"
     for name in ("summary.json", "env.json", "attention.json", "elementwise.json", "compile-check.json",
-                 "bench/bench.json", "logs/env.log", "README.md"):
+                 "bench/bench.json", "prune_speed.json", "logs/env.log", "README.md"):
         assert (dest / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     text = (dest / "README.md").read_text()
+    for row in json.loads((dest / "prune_speed.json").read_text())["results"]:
+        assert f"| {row['what']} | 4096 | {row['seconds_median'] * 1e3:.3f} | {row['speedup_vs_dense']:.2f}x |" in text
     for fact in ("NVIDIA H200", "driver 580.1", "torch 2.11.0", "triton 3.6.0", "transformers 5.17.0", DATE,
                  summary["env"]["commit"], "sm_90: 173 ok, 0 failed"):
         assert fact in text, fact
@@ -124,7 +130,8 @@ def test_a_second_ingest_replaces_the_readme_table_and_never_overwrites_a_folder
     assert readme.count(ingest.BEGIN) == 1 and "benchmarks/results/h200-rerun/" in readme and dest.name == "h200-rerun"
 
 
-@pytest.mark.parametrize("cpu_files", [("attention.json",), ("bench/bench.json",), ("attention.json", "elementwise.json")])
+@pytest.mark.parametrize("cpu_files", [("attention.json",), ("bench/bench.json",), ("attention.json", "elementwise.json"),
+                                       ("prune_speed.json",)])
 def test_any_file_measured_off_the_gpu_is_refused(tmp_path, repo_copy, cpu_files):
     out = fake_run(tmp_path, cpu_files=cpu_files)
     before = (repo_copy / "README.md").read_text()
