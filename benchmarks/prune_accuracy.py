@@ -16,10 +16,12 @@ Recovery (``--recovery-steps``, default 300, batches of ``--batch``): the best o
 of some patterns is trained by distillation from the dense model
 (:class:`fastbert.prune.Distiller`: hidden states of every layer plus the mean-pooled
 embedding's cosine, the student's dropout off, masks kept) on other sentences of the same
-sources; block pruning recovers *gradually* (:class:`fastbert.prune.GradualPruner` with
-SparseGPT at every event, sparsity rising on a cubic schedule over the first half of the
-steps, distillation throughout, ``--block-lr``). Writes ``prune_accuracy.json`` (every row with wall times,
-torch version, date, command) and ``prune_accuracy.png``. Accuracy only: the device does
+sources (block pruning with ``--block-lr`` and ``--block-batch``: its larger error takes a
+higher rate and more sentences per step). Block pruning is also run with a sparsity per
+matrix role (``--block-attention``, default 5 % of the attention weights, the FFN's share
+chosen for 50 % overall: :func:`fastbert.prune.split_sparsity`). Writes
+``prune_accuracy.json`` (every row with wall times, torch version, date, command) and
+``prune_accuracy.png``. Accuracy only: the device does
 not matter, timings are CPU wall times.
 """
 
@@ -38,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fastbert  # noqa: E402
-from fastbert.prune import CalibratedOptions, Distiller, GradualPruner  # noqa: E402
+from fastbert.prune import CalibratedOptions, Distiller  # noqa: E402
 from prune_data import Data, load  # noqa: E402
 
 METHODS = {  # name: (method, options or None, scope)
@@ -48,10 +50,11 @@ METHODS = {  # name: (method, options or None, scope)
     "wanda (fastbert)": ("wanda", CalibratedOptions(), "layer"),
     "sparsegpt (fastbert)": ("sparsegpt", CalibratedOptions(), "layer"),
 }
+PER_ROLE = "sparsegpt (fastbert), per role"  # fastbert's SparseGPT with a sparsity per matrix role
 SWEEP = {  # pattern: (sparsities, methods)
     "unstructured": ((0.3, 0.5, 0.7), tuple(METHODS)),
     "2:4": ((0.5,), tuple(METHODS)),
-    "block": ((0.5,), ("magnitude", "wanda (plain)", "sparsegpt (fastbert)")),
+    "block": ((0.5,), ("magnitude", "wanda (plain)", "sparsegpt (fastbert)", PER_ROLE)),
     "neurons": ((0.5,), ("magnitude", "wanda (fastbert)")),
     "heads": ((0.5,), ("magnitude", "wanda (fastbert)")),
 }
@@ -60,14 +63,17 @@ QUICK = {"unstructured": ((0.5,), QUICK_METHODS), "2:4": ((0.5,), QUICK_METHODS)
 RECOVER = {"unstructured": 0.5, "2:4": 0.5, "neurons": 0.5, "block": 0.5}  # pattern: sparsity recovered
 
 
-def one_shot(dense, data: Data, pattern: str, sparsity: float, name: str):
-    """A pruned copy of ``dense`` and the seconds pruning took."""
-    method, options, scope = METHODS[name]
+def one_shot(dense, data: Data, pattern: str, sparsity: float, name: str, attention: float):
+    """A pruned copy of ``dense``, the seconds pruning took, and the report; :data:`PER_ROLE`
+    removes ``attention`` of the attention weights and as much of the FFN's as ``sparsity`` overall needs."""
+    method, options, scope = METHODS["sparsegpt (fastbert)" if name == PER_ROLE else name]
     model = copy.deepcopy(dense)
+    if name == PER_ROLE:
+        sparsity = fastbert.prune.split_sparsity(model, sparsity, attention=attention)
     kwargs = {} if options is None else dict(calibration=data.calibration, options=options, progress=False)
     start = time.perf_counter()
-    fastbert.prune(model, sparsity, pattern=pattern, method=method, scope=scope, block_size=32, **kwargs)
-    return model, time.perf_counter() - start
+    report = fastbert.prune(model, sparsity, pattern=pattern, method=method, scope=scope, block_size=32, **kwargs)
+    return model, time.perf_counter() - start, report
 
 
 RECOVERY_LOSS = dict(hidden_weight=1.0, pooled_weight=1.0, layers="all")
@@ -95,27 +101,17 @@ def recover(model, dense, data: Data, steps: int, lr: float, batch: int, pruner=
     return time.perf_counter() - start
 
 
-def gradual_block(dense, data: Data, sparsity: float, steps: int, lr: float, batch: int):
-    """Block 32x32 pruning raised gradually during distillation: fastbert's SparseGPT (weights
-    updated at every event) on the first 128 calibration sentences (an event then takes
-    seconds), an event every ``steps // 30`` steps until half of the steps, then distillation
-    alone. (Wanda events until two thirds of the steps with lr 2e-4, the first version, kept
-    0.785 on the topic set: ``benchmarks/results/prune-accuracy-minilm-cpu``.)"""
-    model = copy.deepcopy(dense)
-    pruner = GradualPruner(model, sparsity, start_step=0, end_step=max(1, steps // 2), frequency=max(1, steps // 30),
-                           pattern="block", block_size=32, scope="layer", method="sparsegpt",
-                           calibration=data.calibration[:4])
-    seconds = recover(model, dense, data, steps, lr, batch, pruner)
-    return model, seconds, pruner.last_report
-
-
 def main(argv=None) -> None:
     """Run the sweep and write results."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="fastbert-out/prune-accuracy")
     p.add_argument("--recovery-steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=2e-4, help="recovery learning rate (AdamW, warm-up then linear decay)")
-    p.add_argument("--block-lr", type=float, default=5e-4, help="learning rate of gradual block pruning's distillation")
+    p.add_argument("--block-lr", type=float, default=1.5e-3, help="recovery learning rate of block pruning")
+    p.add_argument("--block-batch", type=int, default=64, help="recovery batch size of block pruning (sentences)")
+    p.add_argument("--block-attention", type=float, default=0.05,
+                   help="per-role block pruning: fraction of the attention weights removed (the FFN's share makes "
+                   "the overall sparsity)")
     p.add_argument("--batch", type=int, default=32, help="recovery batch size (sentences)")
     p.add_argument("--calibration-size", type=int, default=512)
     p.add_argument("--quick", action="store_true", help="50 %% unstructured and 2:4 only (magnitude, plain Wanda and SparseGPT, "
@@ -140,7 +136,8 @@ def main(argv=None) -> None:
         "held_out_sentences": {name: len(texts) for name, texts in data.held_out.items()},
         "calibration_sentences": len(data.calibration_texts), "recovery_sentences": len(data.train_texts),
         "recovery_steps": args.recovery_steps, "recovery_batch": args.batch, "recovery_lr": args.lr,
-        "block_recovery_lr": args.block_lr,
+        "block_recovery_lr": args.block_lr, "block_recovery_batch": args.block_batch,
+        "block_attention_sparsity": args.block_attention,
         "device": "cpu", "threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
         "command": "python " + " ".join(["benchmarks/prune_accuracy.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -151,23 +148,20 @@ def main(argv=None) -> None:
     for pattern, (sparsities, names) in sweep.items():
         for sparsity in sparsities:
             for name in names:
-                model, seconds = one_shot(dense, data, pattern, sparsity, name)
-                rows.append(_row(data, model, pattern, sparsity, name, "one-shot", prune_seconds=round(seconds, 1)))
+                model, seconds, report = one_shot(dense, data, pattern, sparsity, name, args.block_attention)
+                rows.append(_row(data, model, pattern, sparsity, name, "one-shot", report, prune_seconds=round(seconds, 1)))
                 save(rows, out, meta)
                 mean = rows[-1]["cosine_mean"]
-                if pattern != "block" and recover_patterns.get(pattern) == sparsity and mean > best.get(pattern, (-1,))[0]:
-                    best[pattern] = (mean, name, model)
+                if recover_patterns.get(pattern) == sparsity and mean > best.get(pattern, (-1,))[0]:
+                    best[pattern] = (mean, name, model, report)
                 print(f"  [{time.perf_counter() - began:.0f}s]", flush=True)
     stage = f"recovered ({args.recovery_steps} steps)"
-    for pattern, (_, name, model) in best.items():
-        seconds = recover(model, dense, data, args.recovery_steps, args.lr, args.batch)
-        rows.append(_row(data, model, pattern, recover_patterns[pattern], name, stage, recovery_seconds=round(seconds, 1)))
-        save(rows, out, meta)
-    if "block" in recover_patterns:
-        model, seconds, _ = gradual_block(dense, data, recover_patterns["block"], args.recovery_steps, args.block_lr,
-                                          args.batch)
-        rows.append(_row(data, model, "block", recover_patterns["block"], "sparsegpt, gradual + distillation", stage,
+    for pattern, (_, name, model, report) in best.items():
+        lr, batch = (args.block_lr, args.block_batch) if pattern == "block" else (args.lr, args.batch)
+        seconds = recover(model, dense, data, args.recovery_steps, lr, batch)
+        rows.append(_row(data, model, pattern, recover_patterns[pattern], name, stage, report,
                          recovery_seconds=round(seconds, 1)))
+        save(rows, out, meta)
 
     save(rows, out, meta | {"total_seconds": round(time.perf_counter() - began, 1)})
     plot(rows, out / "prune_accuracy.png")
@@ -178,13 +172,18 @@ def save(rows: list, out: Path, meta: dict) -> None:
     (out / "prune_accuracy.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
 
 
-def _row(data, model, pattern, sparsity, name, stage, **timing) -> dict:
+def _row(data, model, pattern, sparsity, name, stage, report, **timing) -> dict:
     scores = data.cosine(model)
     (mean, low), (real, real_low) = scores["topic"], scores["real"]
+    roles = {}
+    for m in report.matrices:
+        roles.setdefault(m.role, []).append(m.sparsity)
+    roles = {role: round(sum(v) / len(v), 4) for role, v in roles.items()}
     print(f"{pattern:>12} {sparsity:.0%} {name:<30} {stage:<22} cosine topic {mean:.4f} (min {low:.4f}) "
           f"real {real:.4f} (min {real_low:.4f}) {timing}", flush=True)
     return {"pattern": pattern, "sparsity": sparsity, "method": name, "stage": stage, "cosine_mean": mean,
-            "cosine_min": low, "real_cosine_mean": real, "real_cosine_min": real_low, **timing}
+            "cosine_min": low, "real_cosine_mean": real, "real_cosine_min": real_low,
+            "measured_sparsity": round(report.sparsity, 4), "sparsity_per_role": roles, **timing}
 
 
 def plot(rows, path: Path) -> None:

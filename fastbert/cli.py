@@ -56,7 +56,8 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
 
 def _prune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", help="local Hugging Face checkpoint directory")
-    p.add_argument("--sparsity", type=float, required=True, help="fraction to remove, in [0, 1)")
+    p.add_argument("--sparsity", required=True, help="fraction to remove, in [0, 1), or one per matrix role for "
+                   "unstructured/block with --scope layer, e.g. attention=0.25,ffn=0.625")
     p.add_argument("--pattern", default="block", help="unstructured, block, heads, neurons or N:M such as 2:4 "
                    "(default block)")
     p.add_argument("--method", default="magnitude", choices=["magnitude", "wanda", "sparsegpt"],

@@ -13,7 +13,8 @@ matrices run on their sparse path where it is faster (:mod:`execution`).
 One job per module: :mod:`pruning` (the entry point), :mod:`magnitude`, :mod:`calibrated`
 and :mod:`structured_calibrated` (the methods), :mod:`calibration` (inputs per layer,
 real tokens only), :mod:`solvers` (Wanda scores, SparseGPT, least squares),
-:mod:`allocation` (per-layer sparsities), :mod:`masks` (a keep-mask per pattern),
+:mod:`allocation` (per-layer sparsities), :mod:`roles` (a sparsity per matrix role),
+:mod:`block_obs` (which tiles go), :mod:`masks` (a keep-mask per pattern),
 :mod:`structured` (removing heads and neurons), :mod:`structure` (recording them in the
 config), :mod:`apply` (masks kept through training), :mod:`schedule` (gradual pruning),
 :mod:`distill` (recovery), :mod:`execution` (sparse paths), :mod:`targets` (which
@@ -33,12 +34,13 @@ from fastbert.prune.distill import Distiller
 from fastbert.prune.masks import PATTERNS
 from fastbert.prune.pruning import prune
 from fastbert.prune.report import PruneReport
+from fastbert.prune.roles import split_sparsity
 from fastbert.prune.schedule import GradualPruner, cubic_sparsity
 from fastbert.prune.structured import head_scores, neuron_scores
 
 __all__ = [
     "prune", "CalibratedOptions", "Distiller", "GradualPruner", "PruneReport", "cubic_sparsity", "reapply_masks", "keep_mask",
-    "head_scores", "neuron_scores", "PATTERNS", "METHODS", "SCOPES",
+    "head_scores", "neuron_scores", "split_sparsity", "PATTERNS", "METHODS", "SCOPES",
 ]
 
 

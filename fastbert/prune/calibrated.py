@@ -19,6 +19,10 @@ compensate) the error of earlier ones.
   per chunk of columns), per row (``"obs-row"``), or Wanda's ``|W| * ||x||`` per output row
   fixed in advance (``"wanda"``);
 - ``refit``: after the sweep, a least-squares refit of the kept weights for the final mask;
+- ``block_mask`` (SparseGPT, block pattern): which tiles go, chosen greedily by their optimal
+  brain surgeon cost given the tiles already removed (``"obs"``, :mod:`fastbert.prune.block_obs`),
+  or ranked once by their sum of Wanda scores (``"wanda"``); the kept weights are then
+  reconstructed as for any fixed mask;
 
 ``scope`` says how the sparsity is spread: ``"layer"`` prunes every matrix to the target,
 ``"global"`` gives each layer its own sparsity from its share of outlier weights
@@ -34,6 +38,7 @@ import torch
 
 from fastbert.prune.allocation import layer_sparsities
 from fastbert.prune.apply import apply_mask, keep_mask
+from fastbert.prune.block_obs import obs_block_mask
 from fastbert.prune.calibration import InputStats, Packed, collect, embed_calibration, run_layer
 from fastbert.prune.progress import Progress
 from fastbert.prune.solvers import dampened, dense_target, keep_from_scores, refit, sparsegpt, wanda_scores
@@ -41,6 +46,7 @@ from fastbert.prune.targets import LAYER_MATRICES, Target, encoder_of
 
 ORDER = tuple(LAYER_MATRICES)  # the order a layer applies its projections
 MASKS = ("obs", "obs-row", "wanda")
+BLOCK_MASKS = ("obs", "wanda")
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class CalibratedOptions:
     bias: bool = True
     mask: str = "obs-row"
     refit: bool = True
+    block_mask: str = "obs"
     dampening: float = 0.01
     ridge: float = 1.0
     owl_threshold: float = 5.0
@@ -60,6 +67,8 @@ class CalibratedOptions:
     def __post_init__(self) -> None:
         if self.mask not in MASKS:
             raise ValueError(f"options.mask must be one of {MASKS}, got {self.mask!r}")
+        if self.block_mask not in BLOCK_MASKS:
+            raise ValueError(f"options.block_mask must be one of {BLOCK_MASKS}, got {self.block_mask!r}")
         if not 0.0 < self.dampening < 1.0:
             raise ValueError(f"options.dampening must be in (0, 1), got {self.dampening!r}")
         if not 0.0 <= self.owl_spread < 0.5 or self.owl_threshold <= 0:
@@ -69,13 +78,14 @@ class CalibratedOptions:
     def plain(cls, method: str) -> "CalibratedOptions":
         """The published algorithm as is: plain Wanda or plain SparseGPT."""
         return cls(sequential=False, dense_target=False, bias=False, mask="wanda" if method == "wanda" else "obs",
-                   refit=False)
+                   refit=False, block_mask="wanda")
 
 
-def prune_calibrated(model, chosen: list[Target], sparsity: float, pattern: str, method: str, batches,
-                     scope: str, block_size: int, options: CalibratedOptions, progress: bool) -> dict[str, float]:
-    """Prune the ``chosen`` matrices of ``model`` with ``method`` on ``batches``; returns each
-    matrix's target sparsity."""
+def prune_calibrated(model, chosen: list[Target], sparsity: float | dict[str, float], pattern: str, method: str,
+                     batches, scope: str, block_size: int, options: CalibratedOptions,
+                     progress: bool) -> dict[str, float]:
+    """Prune the ``chosen`` matrices of ``model`` with ``method`` on ``batches`` (``sparsity``: one
+    fraction, or one per matrix name); returns each matrix's target sparsity."""
     encoder = encoder_of(model)
     stream = embed_calibration(model, batches)
     by_layer: dict[int, list[Target]] = {}
@@ -119,10 +129,13 @@ def _bias(layer, attr: str, options: CalibratedOptions, method: str) -> bool:
     return method == "sparsegpt" and options.bias and getattr(layer, attr).bias is not None
 
 
-def _allocate(encoder, stream: list[Packed], by_layer, sparsity: float, pattern: str, scope: str,
+def _allocate(encoder, stream: list[Packed], by_layer, sparsity: float | dict[str, float], pattern: str, scope: str,
               options) -> dict[str, float]:
-    """Each chosen matrix's sparsity: the target, or the OWL allocation from a pass of the unpruned model."""
+    """Each chosen matrix's sparsity: the given one, the target, or the OWL allocation from a pass of
+    the unpruned model."""
     names = [t.name for ts in by_layer.values() for t in ts]
+    if isinstance(sparsity, dict):  # a fraction per matrix already (per role)
+        return {name: sparsity[name] for name in names}
     if scope == "layer" or ":" in pattern or len(by_layer) < 2:  # N:M is the same fraction everywhere by definition
         return dict.fromkeys(names, sparsity)
     scores: dict[int, list[torch.Tensor]] = {}
@@ -154,7 +167,10 @@ def _prune_one(t: Target, stats: InputStats, sparsity: float, pattern: str, meth
         full = torch.cat([full, module.bias.detach().double()[:, None]], 1)
     target = dense_target(full, stats.H, stats.G, ridge=options.ridge) if stats.G is not None else full
     fixed = None
-    if options.mask == "wanda" or pattern == "block":  # blocks: fixed tiles, then reconstruction
+    if pattern == "block" and options.block_mask == "obs":  # blocks: fixed tiles, then reconstruction
+        old_full = None if old is None else torch.cat([old, old.new_ones(old.shape[0], int(stats.bias))], 1)
+        fixed = obs_block_mask(target, H, sparsity, block, old_full, protected=int(stats.bias))
+    elif options.mask == "wanda" or pattern == "block":
         fixed = keep_from_scores(wanda_scores(target[:, :k], stats.col_sq), sparsity, pattern, block, old)
         if stats.bias:
             fixed = torch.cat([fixed, fixed.new_ones(fixed.shape[0], 1)], 1)

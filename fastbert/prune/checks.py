@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
 
 from fastbert.prune.masks import BLOCK_SIZES, PATTERNS
 
@@ -12,14 +13,17 @@ SCOPES = ("global", "layer")
 
 
 def check_options(sparsity, pattern: str, method: str, scope: str, block_size) -> None:
-    """TypeError/ValueError for options :func:`fastbert.prune.prune` does not take."""
-    check_fraction("sparsity", sparsity)
+    """TypeError/ValueError for options :func:`fastbert.prune.prune` does not take (a sparsity
+    mapping per role is checked by :func:`fastbert.prune.roles.check_role_sparsity`)."""
+    per_role = isinstance(sparsity, Mapping)
+    if not per_role:
+        check_fraction("sparsity", sparsity)
     check_pattern(pattern)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS} (gradual pruning: fastbert.prune.GradualPruner), got {method!r}")
     check_scope(scope)
     nm = nm_of(pattern)
-    if nm is not None and abs(sparsity - (1 - nm[0] / nm[1])) > 1e-9:
+    if nm is not None and not per_role and abs(sparsity - (1 - nm[0] / nm[1])) > 1e-9:
         raise ValueError(f"the {pattern} pattern is always {1 - nm[0] / nm[1]:.0%} sparse: pass sparsity={1 - nm[0] / nm[1]:g}")
     check_block_size(pattern, block_size)
 

@@ -17,6 +17,7 @@ import fastbert
 from fastbert.cli_args import checkpoint_config, checkpoint_dir, load_checkpoint, output_dir, quiet_transformers
 from fastbert.pretrained import task_model_class
 from fastbert.prune.checks import CALIBRATED, check_options, default_scope
+from fastbert.prune.roles import check_role_sparsity, parse_sparsity
 from fastbert.prune.structure import STRUCTURE_KEY
 
 
@@ -80,7 +81,11 @@ def run_prune_command(args) -> int:
     ValueError/TypeError: exit 2)."""
     source = checkpoint_dir(args.model_dir, "MODEL_DIR")
     out = _out_dir(args, source)  # before any work
-    check_options(args.sparsity, args.pattern, args.method, args.scope or default_scope(args.method), args.block_size)
+    sparsity = parse_sparsity(args.sparsity)
+    scope = args.scope or default_scope(args.method)
+    check_options(sparsity, args.pattern, args.method, scope, args.block_size)
+    if isinstance(sparsity, dict):
+        check_role_sparsity(sparsity, args.pattern, scope)
     texts = read_calibration_texts(args.calibration, args.method)
     if args.calibration_batch_size < 1:
         raise ValueError(f"--calibration-batch-size must be at least 1, got {args.calibration_batch_size}")
@@ -90,7 +95,7 @@ def run_prune_command(args) -> int:
               f"written: {', '.join(unused[:4])}{', ...' if len(unused) > 4 else ''}", file=sys.stderr)
     batches = None if texts is None else calibration_batches(args.model_dir, texts, args.calibration_batch_size)
     fastbert.optimize(model)
-    report = fastbert.prune(model, args.sparsity, pattern=args.pattern, method=args.method, scope=args.scope,
+    report = fastbert.prune(model, sparsity, pattern=args.pattern, method=args.method, scope=args.scope,
                             layers=args.layers, block_size=args.block_size, calibration=batches,
                             progress=not args.quiet)
     print(report.format())

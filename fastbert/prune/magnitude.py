@@ -21,7 +21,9 @@ from fastbert.prune.targets import encoder_of
 
 
 def prune_magnitude(chosen, sparsity, pattern, scope, block_size) -> None:
-    """Zero the smallest weights (blocks: by mean magnitude; N:M: per group) of the chosen matrices."""
+    """Zero the smallest weights (blocks: by mean magnitude; N:M: per group) of the chosen matrices.
+
+    ``sparsity``: one fraction, or (``scope="layer"``) a fraction per matrix name."""
     nm = nm_of(pattern)
     if nm is not None:
         for t in chosen:
@@ -35,8 +37,8 @@ def prune_magnitude(chosen, sparsity, pattern, scope, block_size) -> None:
 
     if scope == "layer":
         for t in chosen:
-            s = scores_of(t)
-            keep = unstructured_mask(s, sparsity) if pattern == "unstructured" else block_mask(s, sparsity, block_size)
+            s, fraction = scores_of(t), sparsity[t.name] if isinstance(sparsity, dict) else sparsity
+            keep = unstructured_mask(s, fraction) if pattern == "unstructured" else block_mask(s, fraction, block_size)
             apply_mask(t.module, keep)
         return
     # global: one threshold over every matrix (blocks compared by mean magnitude)

@@ -8,6 +8,8 @@ heads/neurons in the model's config (:mod:`structure`) and returns the report.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from torch import nn
 
 from fastbert.prune.calibrated import CalibratedOptions, prune_calibrated
@@ -16,6 +18,7 @@ from fastbert.prune.checks import CALIBRATED, check_options, default_scope
 from fastbert.prune.execution import plan_execution
 from fastbert.prune.magnitude import prune_magnitude, prune_structured
 from fastbert.prune.report import PruneReport, build_report
+from fastbert.prune.roles import check_role_sparsity, overall_sparsity, per_target
 from fastbert.prune.structure import record_structure
 from fastbert.prune.structured_calibrated import prune_structured_calibrated
 from fastbert.prune.targets import targets
@@ -23,7 +26,7 @@ from fastbert.prune.targets import targets
 
 def prune(
     model: nn.Module,
-    sparsity: float,
+    sparsity: float | Mapping[str, float],
     pattern: str = "unstructured",
     method: str = "magnitude",
     scope: str | None = None,
@@ -37,7 +40,9 @@ def prune(
     """Prune the encoder projections of an optimized model (or a FastBertEncoder) in place.
 
     ``sparsity``: the fraction of weights (or blocks, heads, neurons) to remove, in [0, 1)
-    (N:M patterns such as ``"2:4"`` fix it: ``1 - N/M``). ``pattern``: ``"unstructured"``,
+    (N:M patterns such as ``"2:4"`` fix it: ``1 - N/M``), or, for the unstructured and block
+    patterns with ``scope="layer"``, a fraction per matrix role (``{"attention": 0.15, "ffn":
+    0.675}``; :mod:`fastbert.prune.roles`). ``pattern``: ``"unstructured"``,
     ``"block"`` (``block_size`` tiles), ``"N:M"``, ``"heads"``, ``"neurons"``.
     ``method``: ``"magnitude"``, or the calibrated ``"wanda"`` / ``"sparsegpt"``, which need
     ``calibration``: an iterable of model input dicts (what a tokenizer returns), run layer
@@ -57,6 +62,9 @@ def prune(
     """
     scope = default_scope(method) if scope is None else scope
     check_options(sparsity, pattern, method, scope, block_size)
+    target = sparsity
+    if isinstance(sparsity, Mapping):
+        target = overall_sparsity(model, check_role_sparsity(sparsity, pattern, scope))
     batches = None
     if method in CALIBRATED:
         if options is not None and not isinstance(options, CalibratedOptions):
@@ -75,8 +83,10 @@ def prune(
         record_structure(model)
         chosen = targets(model, layers)  # the smaller modules
     elif batches is None:
-        prune_magnitude(chosen, sparsity, pattern, scope, block_size)
+        prune_magnitude(chosen, per_target(chosen, sparsity) if scope == "layer" else sparsity, pattern, scope,
+                        block_size)
     else:
-        prune_calibrated(model, chosen, sparsity, pattern, method, batches, scope, block_size, options, progress)
+        fractions = per_target(chosen, sparsity) if scope == "layer" else sparsity
+        prune_calibrated(model, chosen, fractions, pattern, method, batches, scope, block_size, options, progress)
     plan_execution(chosen, pattern, block_size)
-    return build_report(model, chosen, sparsity, pattern, f"{method} ({scope})")
+    return build_report(model, chosen, target, pattern, f"{method} ({scope})")

