@@ -51,7 +51,7 @@ class _TileRow:
 
     def costs(self) -> torch.Tensor:
         """The error of removing each remaining tile next (``inf`` for removed ones)."""
-        out = torch.full((len(self.spans),), float("inf"), dtype=torch.float64)
+        out = torch.full((len(self.spans),), float("inf"), dtype=torch.float64, device=self.W.device)
         for i, c in enumerate(self.spans):
             if not self.removed[i]:
                 Wc = self.W[:, c]

@@ -106,3 +106,15 @@ def test_block_mask_option_is_checked():
     assert CalibratedOptions().block_mask == "obs" and CalibratedOptions.plain("sparsegpt").block_mask == "wanda"
     with pytest.raises(ValueError, match="block_mask"):
         CalibratedOptions(block_mask="magnitude")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_same_tiles_on_the_gpu():
+    w, x = _problem(rows=64, cols=96, seed=6)
+    H = x.T @ x + 1e-3 * torch.eye(96, dtype=torch.float64)
+    old = torch.ones(64, 96, dtype=torch.bool)
+    old[:16, 16:32] = False
+    on_cpu = obs_block_mask(w, H, 0.5, 16, old_keep=old)
+    on_gpu = obs_block_mask(w.cuda(), H.cuda(), 0.5, 16, old_keep=old.cuda())
+    assert on_gpu.is_cuda and torch.equal(on_gpu.cpu(), on_cpu)
