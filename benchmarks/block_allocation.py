@@ -59,8 +59,9 @@ def main(argv=None) -> None:
                                 progress=False)
         seconds = time.perf_counter() - start
         scores = data.cosine(model)
-        ffn = [m.sparsity for m in report.matrices if m.role.startswith("ffn")]
-        rows.append({"block_mask": block_mask, "attention_sparsity": attention, "ffn_sparsity": round(sum(ffn) / len(ffn), 4),
+        roles = report.role_sparsity
+        ffn = (roles["ffn.in"] + roles["ffn.out"]) / 2  # the two FFN matrices are the same size
+        rows.append({"block_mask": block_mask, "attention_sparsity": attention, "ffn_sparsity": round(ffn, 4),
                      "measured_sparsity": round(report.sparsity, 4), "cosine_mean": scores["topic"][0],
                      "cosine_min": scores["topic"][1], "real_cosine_mean": scores["real"][0],
                      "real_cosine_min": scores["real"][1], "prune_seconds": round(seconds, 1)})

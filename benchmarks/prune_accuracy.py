@@ -80,8 +80,8 @@ RECOVERY_LOSS = dict(hidden_weight=1.0, pooled_weight=1.0, layers="all")
 """The Distiller settings recovery uses here (``recovery_ablation.py`` compares others)."""
 
 
-def recover(model, dense, data: Data, steps: int, lr: float, batch: int, pruner=None, loss: dict | None = None) -> float:
-    """Distill ``dense`` into ``model`` for ``steps`` steps (``pruner.step()`` after each), AdamW with
+def recover(model, dense, data: Data, steps: int, lr: float, batch: int, loss: dict | None = None) -> float:
+    """Distill ``dense`` into ``model`` for ``steps`` steps, AdamW with
     warm-up then linear decay, the :class:`Distiller` built with ``loss`` (default
     :data:`RECOVERY_LOSS`); seconds taken."""
     distiller = Distiller(model, dense, **(RECOVERY_LOSS if loss is None else loss))
@@ -95,8 +95,6 @@ def recover(model, dense, data: Data, steps: int, lr: float, batch: int, pruner=
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
-        if pruner is not None:
-            pruner.step()
     model.eval()
     return time.perf_counter() - start
 
@@ -175,15 +173,11 @@ def save(rows: list, out: Path, meta: dict) -> None:
 def _row(data, model, pattern, sparsity, name, stage, report, **timing) -> dict:
     scores = data.cosine(model)
     (mean, low), (real, real_low) = scores["topic"], scores["real"]
-    roles = {}
-    for m in report.matrices:
-        roles.setdefault(m.role, []).append(m.sparsity)
-    roles = {role: round(sum(v) / len(v), 4) for role, v in roles.items()}
     print(f"{pattern:>12} {sparsity:.0%} {name:<30} {stage:<22} cosine topic {mean:.4f} (min {low:.4f}) "
           f"real {real:.4f} (min {real_low:.4f}) {timing}", flush=True)
     return {"pattern": pattern, "sparsity": sparsity, "method": name, "stage": stage, "cosine_mean": mean,
             "cosine_min": low, "real_cosine_mean": real, "real_cosine_min": real_low,
-            "measured_sparsity": round(report.sparsity, 4), "sparsity_per_role": roles, **timing}
+            "measured_sparsity": round(report.sparsity, 4), "sparsity_per_role": {role: round(v, 4) for role, v in report.role_sparsity.items()}, **timing}
 
 
 def plot(rows, path: Path) -> None:

@@ -85,23 +85,21 @@ def obs_block_mask(weight: torch.Tensor, H: torch.Tensor, sparsity: float, block
     rows, cols = weight.shape
     free = cols - protected
     row_spans, col_spans = _tile_spans(rows, block), _tile_spans(free, block)
-    H = H.double()
-    Hinv = torch.cholesky_inverse(torch.linalg.cholesky(H))
-    tile_rows = []
-    for r in row_spans:
-        removed = [old_keep is not None and not bool(old_keep[r, c].any()) for c in col_spans]
-        tile_rows.append(_TileRow(weight[r].double(), H, Hinv, col_spans, removed))
-    total = len(row_spans) * len(col_spans)
-    todo = int(round(sparsity * total)) - sum(sum(t.removed) for t in tile_rows)
-    if todo > 0:
+    removed = [[old_keep is not None and not bool(old_keep[r, c].any()) for c in col_spans] for r in row_spans]
+    todo = int(round(sparsity * len(row_spans) * len(col_spans))) - sum(map(sum, removed))
+    if todo > 0:  # otherwise no Hessian work: the mask is what old_keep already removed
+        H = H.double()
+        Hinv = torch.cholesky_inverse(torch.linalg.cholesky(H))
+        tile_rows = [_TileRow(weight[r].double(), H, Hinv, col_spans, gone) for r, gone in zip(row_spans, removed)]
         costs = torch.stack([t.costs() for t in tile_rows])
         for _ in range(todo):
             g, i = divmod(int(torch.argmin(costs)), len(col_spans))
             tile_rows[g].remove(i)
             costs[g] = tile_rows[g].costs()
+        removed = [t.removed for t in tile_rows]
     keep = torch.ones(rows, cols, dtype=torch.bool, device=weight.device)
-    for r, tile_row in zip(row_spans, tile_rows):
-        for i, c in enumerate(col_spans):
-            if tile_row.removed[i]:
+    for r, gone in zip(row_spans, removed):
+        for c, tile_gone in zip(col_spans, gone):
+            if tile_gone:
                 keep[r, c] = False
     return keep if old_keep is None else keep & old_keep

@@ -23,7 +23,7 @@ from fastbert.prune.targets import encoder_of
 def prune_magnitude(chosen, sparsity, pattern, scope, block_size) -> None:
     """Zero the smallest weights (blocks: by mean magnitude; N:M: per group) of the chosen matrices.
 
-    ``sparsity``: one fraction, or (``scope="layer"``) a fraction per matrix name."""
+    ``sparsity``: one fraction (``scope="global"``, N:M) or, with ``scope="layer"``, a fraction per matrix name."""
     nm = nm_of(pattern)
     if nm is not None:
         for t in chosen:
@@ -37,7 +37,7 @@ def prune_magnitude(chosen, sparsity, pattern, scope, block_size) -> None:
 
     if scope == "layer":
         for t in chosen:
-            s, fraction = scores_of(t), sparsity[t.name] if isinstance(sparsity, dict) else sparsity
+            s, fraction = scores_of(t), sparsity[t.name]
             keep = unstructured_mask(s, fraction) if pattern == "unstructured" else block_mask(s, fraction, block_size)
             apply_mask(t.module, keep)
         return

@@ -62,6 +62,15 @@ class PruneReport:
         return 1.0 - self.remaining_params / max(1, self.dense_params)
 
     @property
+    def role_sparsity(self) -> dict[str, float]:
+        """Fraction removed per matrix role (``"attention.qkv"``, ..., over every layer's matrix of that role)."""
+        dense, remaining = {}, {}
+        for m in self.matrices:
+            dense[m.role] = dense.get(m.role, 0) + m.dense_params
+            remaining[m.role] = remaining.get(m.role, 0) + m.remaining_params
+        return {role: 1.0 - remaining[role] / max(1, n) for role, n in dense.items()}
+
+    @property
     def flops_removed_per_token(self) -> int:
         """Projection FLOPs per token removed."""
         return 2 * (self.dense_params - self.remaining_params)
@@ -78,6 +87,7 @@ class PruneReport:
             md["sparsity"] = m.sparsity
         d.update(
             sparsity=self.sparsity,
+            role_sparsity=self.role_sparsity,
             dense_params=self.dense_params,
             remaining_params=self.remaining_params,
             flops_removed_per_token=self.flops_removed_per_token,

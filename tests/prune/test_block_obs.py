@@ -102,6 +102,15 @@ def test_protected_columns_old_masks_and_partial_tiles():
     assert all(keep[t].all() or not keep[t].any() for t in tiles if t != (slice(4, 8), slice(0, 4)))
 
 
+def test_nothing_left_to_remove_keeps_the_old_mask():
+    w, x = _problem(rows=8, cols=8, seed=7)
+    old = torch.ones(8, 8, dtype=torch.bool)
+    old[:4, 4:] = False
+    old[6, 1] = False
+    assert obs_block_mask(w, x.T @ x, 0.0, 4).all()
+    assert torch.equal(obs_block_mask(w, x.T @ x, 0.25, 4, old_keep=old), old)  # one of four tiles: already gone
+
+
 def test_block_mask_option_is_checked():
     assert CalibratedOptions().block_mask == "obs" and CalibratedOptions.plain("sparsegpt").block_mask == "wanda"
     with pytest.raises(ValueError, match="block_mask"):

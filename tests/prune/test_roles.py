@@ -61,6 +61,8 @@ def test_each_matrix_gets_its_roles_fraction(method, pattern):
     wanted = role_sparsities(ROLE_FRACTIONS)
     for role, got in _by_role(report).items():
         assert got == pytest.approx([wanted[role]] * len(got), abs=0.02), role
+    assert report.role_sparsity == pytest.approx(wanted, abs=0.02)
+    assert report.to_dict()["role_sparsity"] == report.role_sparsity
     assert report.target_sparsity == pytest.approx(overall_sparsity(model, wanted))
     assert report.sparsity == pytest.approx(report.target_sparsity, abs=0.02)
 
