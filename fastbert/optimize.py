@@ -7,6 +7,7 @@ from torch import nn
 from fastbert.models import adapter_for, hf_base_model
 from fastbert.models.heads import convert_head_transforms
 from fastbert.models.base import convert_base_model, is_optimized
+from fastbert.models.carry import retarget_peft_adapters
 from fastbert.modules.cuda_graphs import GraphBuckets
 from fastbert.modules.unpad_policy import check_unpad_mode
 from fastbert.wrapped_models import wrapped_hf_models
@@ -48,6 +49,7 @@ def optimize(model: nn.Module, *, unpad: bool | str = "auto", cuda_graphs: bool 
     base = hf_base_model(model)
     if not is_optimized(base):
         convert_base_model(base, adapter_for(base.config))
+        retarget_peft_adapters(model)
         convert_head_transforms(model, base.config)
         # fastbert's encoder checkpoints every family, including those HF does not (ALBERT).
         for module in {id(m): m for m in (model, base)}.values():

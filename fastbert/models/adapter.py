@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -24,7 +26,20 @@ class FamilyAdapter:
     hf_projection: str | None = None  # HF name of the embedding projection (factorized embeddings)
     output_class_name = "BaseModelOutputWithPoolingAndCrossAttentions"
 
+    # HF names (relative to a layer prefix) of the nn.Dropout modules each fastbert layer slot
+    # mirrors; None where the family applies no dropout there (BERT's layout by default).
+    layer_dropouts: dict[str, str | None] = {
+        "attention_dropout": "attention.self.dropout",
+        "attention_output_dropout": "attention.output.dropout",
+        "output_dropout": "output.dropout",
+    }
+
     # ---- config -------------------------------------------------------------
+    def fast_config(self, hf_config) -> FastBertConfig:
+        """The FastBertConfig an encoder for ``hf_config`` is built from: :meth:`config_from_hf`
+        with the q/k/v slices named as this family names its projections."""
+        return dataclasses.replace(self.config_from_hf(hf_config), qkv_names=self.qkv_names())
+
     def config_from_hf(self, hf_config) -> FastBertConfig:
         """Translate an HF config into a FastBertConfig (after :meth:`check_supported`)."""
         raise NotImplementedError
@@ -62,6 +77,37 @@ class FamilyAdapter:
         if config.has_projection:
             for p in ("weight", "bias"):
                 mapping[f"embeddings.projection.{p}"] = (f"{self.hf_projection}.{p}",)
+        return mapping
+
+    def layer_module_map(self) -> dict[str, str]:
+        """``{fastbert layer slot: HF module path relative to the layer prefix}`` for the modules
+        fastbert keeps as modules: the three q/k/v slices of ``qkv`` (named as HF's
+        projections) and the other projections. PEFT adapters and hooks on these carry over."""
+        mapping = {}
+        for fast, hf in self.layer_map().items():
+            if not fast.endswith(".weight") or "norm" in fast:
+                continue
+            paths = [h[: -len(".weight")] for h in hf]
+            if len(paths) == 1:
+                mapping[fast[: -len(".weight")]] = paths[0]
+            else:
+                mapping.update({path.rsplit(".", 1)[-1]: path for path in paths})
+        return mapping
+
+    def qkv_names(self) -> tuple[str, str, str]:
+        """The family's names of its query, key and value projections (``query``, ``q_lin``, ...)."""
+        return tuple(h.rsplit(".", 1)[0].rsplit(".", 1)[-1] for h in self.layer_map()["qkv.weight"])
+
+    def module_map(self, hf_config, config: FastBertConfig) -> dict[str, str]:
+        """``{fastbert module path: HF module path}`` (relative to the base model) of every module
+        :meth:`layer_module_map` names, in every unique layer, and the embedding projection."""
+        mapping = {}
+        for i in range(config.num_unique_layers):
+            hf_prefix = self.hf_layer_prefix_for(i, hf_config)
+            for fast, hf in self.layer_module_map().items():
+                mapping[f"encoder.layers.{i}.{fast}"] = hf_prefix + hf
+        if config.has_projection:
+            mapping["embeddings.projection"] = self.hf_projection
         return mapping
 
     def hf_layer_prefix_for(self, i: int, hf_config) -> str:

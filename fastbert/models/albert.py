@@ -23,6 +23,9 @@ class AlbertAdapter(FamilyAdapter):
     model_types = ("albert",)
     hf_projection = "encoder.embedding_hidden_mapping_in"
     output_class_name = "BaseModelOutputWithPooling"
+    # AlbertLayer.dropout exists but HF never applies it (no dropout after ffn_output).
+    layer_dropouts = {"attention_dropout": "attention.attention_dropout",
+                      "attention_output_dropout": "attention.output_dropout", "output_dropout": None}
 
     def config_from_hf(self, hf_config):
         """FastBertConfig of an ``AlbertConfig``."""

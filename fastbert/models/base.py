@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from fastbert.models.adapter import FamilyAdapter
+from fastbert.models.carry import carry_modules, check_carriable
 from fastbert.models.encoder import copy_encoder
 from fastbert.models.pickling import reduce_swapped
 from fastbert.models.weights import install_state_dict_hooks
@@ -158,10 +159,15 @@ def _positional_names(hf_class: type) -> tuple[str, ...]:
 
 @torch.no_grad()
 def convert_base_model(base: nn.Module, adapter: FamilyAdapter) -> nn.Module:
-    """Rewire the HF base model ``base`` in place to run fastbert's embeddings and encoder."""
+    """Rewire the HF base model ``base`` in place to run fastbert's embeddings and encoder.
+
+    The HF modules users reach into travel into the fastbert modules (:mod:`fastbert.models.carry`:
+    projections with their PEFT wrappers and hooks, dropout modules); a wrapper or hook that
+    cannot travel is refused (ValueError) before anything changes."""
     hf_config = base.config
     adapter.check_supported(hf_config)
-    config = adapter.config_from_hf(hf_config)
+    config = adapter.fast_config(hf_config)
+    check_carriable(base, adapter, config)
     weight_map = adapter.weight_map(hf_config, config)
 
     embeddings = FastBertEmbeddings(config, device="meta")
@@ -174,6 +180,7 @@ def convert_base_model(base: nn.Module, adapter: FamilyAdapter) -> nn.Module:
     embeddings.train(base.training)
 
     encoder = copy_encoder(base, config, weight_map)
+    carry_modules(base, encoder, embeddings, adapter, config)
 
     hf_class = type(base)
     for attr in adapter.replaced_attrs(config):
@@ -184,5 +191,5 @@ def convert_base_model(base: nn.Module, adapter: FamilyAdapter) -> nn.Module:
     base._fastbert_config = config
     base._fastbert_arg_names = _positional_names(hf_class)
     base.__class__ = fast_class(hf_class)
-    install_state_dict_hooks(base, weight_map)
+    install_state_dict_hooks(base, weight_map, adapter.module_map(hf_config, config).values())
     return base

@@ -14,6 +14,8 @@ class DistilBertAdapter(FamilyAdapter):
     hf_encoder_attr = "transformer"
     hf_layer_prefix = "transformer.layer.{i}."
     output_class_name = "BaseModelOutput"
+    layer_dropouts = {"attention_dropout": "attention.dropout", "attention_output_dropout": None,
+                      "output_dropout": "ffn.dropout"}
 
     def hf_activation(self, hf_config):
         """DistilBERT calls it ``activation``."""

@@ -39,11 +39,15 @@ def max_sequence_length(hf_config) -> int:
     TypeError/ValueError for families or options fastbert does not support."""
     adapter = adapter_for(hf_config)
     adapter.check_supported(hf_config)
-    return adapter.config_from_hf(hf_config).max_sequence_length
+    return adapter.fast_config(hf_config).max_sequence_length
 
 
 def hf_base_model(model: nn.Module) -> nn.Module:
-    """The base model inside an HF model (``model.bert`` for ``BertForMaskedLM``, or the model itself)."""
+    """The base model inside an HF model (``model.bert`` for ``BertForMaskedLM``, or the model itself),
+    also through a PEFT ``PeftModel``."""
+    get_base = getattr(model, "get_base_model", None)
+    if callable(get_base) and hasattr(model, "peft_config"):  # a PEFT PeftModel: the HF model it wraps
+        model = get_base()
     if not hasattr(model, "config") or not hasattr(model, "base_model_prefix"):
         raise TypeError(
             f"expected a Hugging Face transformers model (a PreTrainedModel), got {type(model).__name__}"

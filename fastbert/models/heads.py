@@ -5,7 +5,8 @@ generator (``generator_predictions``) apply dense -> activation -> LayerNorm bef
 vocabulary decoder. :func:`convert_head_transforms` switches such modules, in place, to a
 subclass whose forward is ``ops.linear(..., activation)`` then ``ops.add_layernorm``: one
 GEMM with a fused epilogue and one normalization kernel on the Triton backend. Parameter
-names and the decoder (a plain GEMM, tied to the word embeddings) are unchanged.
+names and the decoder (a plain GEMM, tied to the word embeddings) are unchanged; a
+wrapped or hooked ``dense`` or ``LayerNorm`` (PEFT, hooks) is called instead.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 
 from fastbert import ops
 from fastbert.models.pickling import reduce_swapped
+from fastbert.modules.projection import calls_module, project
 
 # HF class name -> how to find its activation name (a string fastbert's ops know).
 _TRANSFORMS = {
@@ -34,8 +36,11 @@ class FastHeadTransformMixin:
         return reduce_swapped(self, fast_head_class, self._fastbert_hf_class)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """``LayerNorm(act(dense(hidden_states)))`` through fastbert ops."""
-        h = ops.linear(hidden_states, self.dense.weight, self.dense.bias, activation=self._fastbert_activation)
+        """``LayerNorm(act(dense(hidden_states)))`` through fastbert ops (a wrapped or hooked
+        ``dense`` or ``LayerNorm`` is called, as HF calls it)."""
+        h = project(self.dense, hidden_states, activation=self._fastbert_activation)
+        if calls_module(self.LayerNorm, nn.LayerNorm):
+            return self.LayerNorm(h)
         return ops.add_layernorm(h, None, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
 
 

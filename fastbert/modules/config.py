@@ -22,6 +22,8 @@ class FastBertConfig:
     ``hidden_dropout_prob``; families that skip one of these dropouts set it to 0.
     ``layer_schedule`` lists, for each applied layer, the index of the (possibly shared)
     layer weights to use (ALBERT); None means ``num_hidden_layers`` distinct layers.
+    ``qkv_names`` names each layer's q, k, v slices of the fused ``qkv`` projection as the
+    HF family names its separate projections (so PEFT's default targets find them).
     """
 
     vocab_size: int = 30522
@@ -43,6 +45,7 @@ class FastBertConfig:
     position_ids_from_padding: bool = False
     layer_schedule: tuple[int, ...] | None = None
     initializer_range: float = 0.02
+    qkv_names: tuple[str, str, str] = ("query", "key", "value")
 
     def __post_init__(self) -> None:
         canonical_activation(self.hidden_act)
@@ -57,6 +60,7 @@ class FastBertConfig:
             raise ValueError("embedding_size differs from hidden_size, so embedding_projection cannot be False")
         if self.position_ids_from_padding and self.pad_token_id is None:
             raise ValueError("position_ids_from_padding needs pad_token_id")
+        self.qkv_names = tuple(self.qkv_names)
         if self.layer_schedule is not None:
             self.layer_schedule = tuple(int(i) for i in self.layer_schedule)
             if len(self.layer_schedule) == 0 or min(self.layer_schedule) < 0:

@@ -7,6 +7,8 @@ from torch import nn
 
 from fastbert import ops
 from fastbert.modules.config import FastBertConfig
+from fastbert.modules.projection import calls_module, project
+from fastbert.modules.qkv_slices import base_linear
 from fastbert.modules.validation import check_index_range, value_checks_enabled
 
 
@@ -16,7 +18,14 @@ class FastBertEmbeddings(nn.Module):
     Submodule names follow Hugging Face's (``word_embeddings``, ``position_embeddings``,
     ``token_type_embeddings``, ``LayerNorm``) so that tied output layers and
     ``get_input_embeddings`` keep working on an optimized model. ``projection`` maps a
-    factorized ``embedding_size`` to ``hidden_size`` (ALBERT, ELECTRA).
+    factorized ``embedding_size`` to ``hidden_size`` (ALBERT, ELECTRA). The dropout
+    probability is ``dropout.p`` at each forward (as HF's ``embeddings.dropout``).
+
+    The lookups, sum, LayerNorm and dropout are one fused op on the tables' weights. A
+    wrapped or hooked ``word_embeddings`` (a PEFT LoRA embedding layer, say) is called and
+    its output fed to that op as ``inputs_embeds``; ``projection`` runs as any projection
+    (:func:`fastbert.modules.projection.project`); a wrapped or hooked position or token-type
+    table or LayerNorm is refused (ValueError): the fused op cannot call them.
     """
 
     def __init__(self, config: FastBertConfig, device=None, dtype=None) -> None:
@@ -31,6 +40,7 @@ class FastBertEmbeddings(nn.Module):
             nn.Embedding(config.type_vocab_size, dim, **kw) if config.type_vocab_size > 0 else None
         )
         self.LayerNorm = nn.LayerNorm(dim, eps=config.layer_norm_eps, **kw)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.projection = nn.Linear(dim, config.hidden_size, **kw) if config.has_projection else None
 
     @property
@@ -90,11 +100,22 @@ class FastBertEmbeddings(nn.Module):
             _check_ids("token_type_ids", token_type_ids, (batch, seq))
         if value_checks_enabled():  # against the tables' current sizes (resize_token_embeddings changes them)
             if input_ids is not None:
-                check_index_range("input_ids", input_ids, self.word_embeddings.num_embeddings, "the vocabulary")
+                check_index_range("input_ids", input_ids, base_linear(self.word_embeddings).num_embeddings,
+                                  "the vocabulary")
             check_index_range("position_ids", position_ids, self.position_embeddings.num_embeddings, "the position table")
             if token_type_ids is not None:
                 check_index_range("token_type_ids", token_type_ids, self.token_type_embeddings.num_embeddings,
                                   "the token types")
+        for name, plain in (("position_embeddings", nn.Embedding), ("token_type_embeddings", nn.Embedding),
+                            ("LayerNorm", nn.LayerNorm)):
+            module = getattr(self, name)
+            if module is not None and calls_module(module, plain):
+                raise ValueError(
+                    f"embeddings.{name} is wrapped, hooked or not an {plain.__name__} ({type(module).__name__}): "
+                    "fastbert's fused embedding op reads its weights and cannot call it"
+                )
+        if input_ids is not None and calls_module(self.word_embeddings, nn.Embedding):
+            inputs_embeds, input_ids = self.word_embeddings(input_ids), None
         h = ops.embeddings(
             input_ids,
             position_ids,
@@ -106,10 +127,10 @@ class FastBertEmbeddings(nn.Module):
             self.LayerNorm.bias,
             self.LayerNorm.eps,
             inputs_embeds=inputs_embeds,
-            dropout_p=cfg.hidden_dropout_prob if self.training else 0.0,
+            dropout_p=float(self.dropout.p) if self.training and self.dropout is not None else 0.0,
         )
         if self.projection is not None:
-            h = ops.linear(h, self.projection.weight, self.projection.bias)
+            h = project(self.projection, h)
         return h
 
 

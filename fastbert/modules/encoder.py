@@ -65,6 +65,7 @@ class FastBertEncoder(nn.Module):
                 config.ffn_output_dropout,
                 device=device,
                 dtype=dtype,
+                qkv_names=config.qkv_names,
             )
             for _ in range(config.num_unique_layers)
         )

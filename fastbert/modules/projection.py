@@ -1,32 +1,87 @@
-"""How one projection of a :class:`~fastbert.modules.layer.FastBertLayer` runs.
+"""How the projections of a :class:`~fastbert.modules.layer.FastBertLayer` run.
 
-The layer calls :func:`project` for each of its four projections (``qkv``,
-``attention_output``, ``intermediate``, ``output``). An ``nn.Linear`` may carry a *plan*
-in its ``_fastbert_plan`` attribute: a callable ``plan(x, weight, bias, activation)``
-that computes ``activation(x @ weight.T + bias)`` another way. Pruning sets a
-:class:`SparsePlan` on 2:4- and block-pruned matrices; calibration sets a plan that
-records the projection's input. Without a plan the dense :func:`fastbert.ops.linear` runs.
-Heads/neurons-pruned layers need no plan: their matrices are smaller dense ones.
+**The module a user sees is the module that runs.** A projection slot (``qkv``, its
+:class:`~fastbert.modules.qkv_slices.QKVSlice` views ``query``/``key``/``value``,
+``attention_output``, ``intermediate``, ``output``, the embedding ``projection``) holding a
+plain ``nn.Linear`` without hooks runs fastbert's fused op on its weight (the bias and
+activation in the GEMM's epilogue, or the bias in the following add + LayerNorm). Anything
+else there — a PEFT LoRA layer wrapping the linear, a module with forward/backward hooks
+(also global ones), an ``nn.Linear`` subclass, a swapped-in module — is *called*, as HF
+would call it, and fastbert applies the activation after it (:func:`calls_module`).
+
+An ``nn.Linear`` may also carry a *plan* in its ``_fastbert_plan`` attribute: a callable
+``plan(x, weight, bias, activation)`` that computes ``activation(x @ weight.T + bias)``
+another way. Pruning sets a :class:`SparsePlan` on 2:4- and block-pruned matrices;
+calibration sets a plan that records the projection's input. Without a plan the dense
+:func:`fastbert.ops.linear` runs. Heads/neurons-pruned layers need no plan: their matrices
+are smaller dense ones.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _module_globals
 
 from fastbert import ops
+from fastbert.modules.qkv_slices import QKVSlice
+from fastbert.ops.linear import ACTIVATIONS
 from fastbert.ops.sparse_linear import BlockSparseWeight, execution_path, semi_structured_linear, sparse_linear
 from fastbert.ops.sparse_linear import to_semi_structured
 
 PLAN_ATTR = "_fastbert_plan"
 
 
-def project(linear: nn.Linear, x: torch.Tensor, bias: torch.Tensor | None = None, activation: str | None = None):
-    """``activation(x @ linear.weight.T + bias)`` on the path ``linear``'s plan chooses (dense without one).
+def has_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` would run hooks: its own forward/backward (pre-)hooks, or global ones."""
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+        or _module_globals._global_forward_hooks or _module_globals._global_forward_pre_hooks
+        or _module_globals._global_backward_hooks or _module_globals._global_backward_pre_hooks
+    )  # fmt: skip
 
-    ``bias`` is passed explicitly because the layer fuses some biases into the following
-    add + LayerNorm instead.
-    """
+
+def calls_module(module: nn.Module, plain: type = nn.Linear) -> bool:
+    """Whether fastbert must call ``module`` instead of running its fused op on ``module.weight``:
+    anything but an instance of exactly ``plain`` without hooks (a PEFT wrapper, a subclass, a hook)."""
+    return type(module) is not plain or has_hooks(module)
+
+
+def project(linear: nn.Module, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
+    """``activation(linear(x))``: the fused op (on ``linear``'s plan, dense without one) for a
+    plain ``nn.Linear``, else ``linear`` is called and the activation applied to its output."""
+    if calls_module(linear):
+        y = linear(x)
+        return y if activation is None else ACTIVATIONS[activation](y)
+    return _fused(linear, x, linear.bias, activation)
+
+
+def project_bias_later(linear: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``linear(x)`` without its bias, and the bias still to add (the layer adds it in the
+    following add + LayerNorm); a called module adds its own bias, so then None."""
+    if calls_module(linear):
+        return linear(x), None
+    return _fused(linear, x, None, None), linear.bias
+
+
+def qkv_projection(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's ``(..., 3*hidden)`` q, k, v projection.
+
+    One fused GEMM (through :func:`project`, so a wrapper on ``qkv`` itself is honoured)
+    while the ``query``/``key``/``value`` slots hold their untouched slices; otherwise the
+    three slot modules are called and their outputs concatenated (q, k, v)."""
+    slots = [getattr(layer, name) for name in layer.qkv_names]
+    if not any(calls_module(slot, QKVSlice) for slot in slots):
+        return project(layer.qkv, x)
+    if calls_module(layer.qkv):
+        raise ValueError(
+            f"both the fused qkv projection and its slices {layer.qkv_names} are wrapped or hooked: fastbert "
+            "runs one or the other; adapt either qkv or the separate q/k/v projections"
+        )
+    return torch.cat([slot(x) for slot in slots], dim=-1)
+
+
+def _fused(linear: nn.Linear, x, bias, activation):
     plan = getattr(linear, PLAN_ATTR, None)
     if plan is None:
         return ops.linear(x, linear.weight, bias, activation=activation)
