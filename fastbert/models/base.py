@@ -97,28 +97,24 @@ class FastBaseModelMixin:
         if return_dict is None:
             return_dict = getattr(config, "return_dict", True)
 
-        # The mask is checked (and normalized) before any op runs; the encoder then takes it as is.
+        # The mask and the flattened rows' keywords are checked before any op runs; the encoder
+        # then takes the mask as is.
         shape = _batch_and_seq(input_ids, inputs_embeds)
+        sequences = None
         if flattened:
             if attention_mask is not None:
                 raise ValueError("cu_seq_lens_q/cu_seq_lens_k describe flattened rows, which have no padding: pass "
                                  "attention_mask=None with them")
             tokens = None if shape is None else shape[0] * shape[1]
-            sequences = sequences_from_flash_kwargs(**flash_kwargs, tokens=tokens, device=self.embeddings.word_embeddings.weight.device)
+            device = self.embeddings.word_embeddings.weight.device
+            sequences = sequences_from_flash_kwargs(**flash_kwargs, tokens=tokens, device=device)
         if shape is not None:
             attention_mask = normalize_attention_mask(attention_mask, *shape, self.encoder.head_counts())
         hidden = self.embeddings(
             input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
         )
-        if not flattened:
-            sequences = None
-            if position_ids is not None and attention_mask is None and self._fastbert_adapter.splits_rows_by_position_ids():
-                # HF attends within the sequences that restarting position ids mark (flattened rows).
-                positions = position_ids.expand(hidden.shape[:2])
-                if can_split_rows(positions):
-                    sequences = sequences_from_position_ids(positions)
-                else:
-                    attention_mask = block_diagonal_mask(positions)
+        if sequences is None and position_ids is not None and attention_mask is None:
+            sequences, attention_mask = self._split_by_position_ids(position_ids.expand(hidden.shape[:2]))
         if sequences is not None:
             sequence_output, hidden_states = self._run_flattened(hidden, sequences, output_hidden_states)
         else:
@@ -134,6 +130,17 @@ class FastBaseModelMixin:
             fields["hidden_states"] = hidden_states
         output = output_class(**fields)
         return output if return_dict else output.to_tuple()
+
+    def _split_by_position_ids(self, positions):
+        """``(sequences, attention_mask)`` for ``(batch, seq)`` position ids without a mask: where
+        HF splits rows at restarting position ids (this family, this transformers), the
+        sequences they mark (None when every row is one), or, when those cannot be read or
+        traced, the same attention as a block-diagonal mask for the padded path."""
+        if not self._fastbert_adapter.splits_rows_by_position_ids():
+            return None, None
+        if can_split_rows(positions):
+            return sequences_from_position_ids(positions), None
+        return None, block_diagonal_mask(positions)
 
     def _run_flattened(self, hidden, sequences, output_hidden_states):
         """The encoder on flattened rows: their tokens are the packed input as they are (no
