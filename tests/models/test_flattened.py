@@ -252,11 +252,11 @@ def test_host_reads_once_per_forward_on_flattened_rows(monkeypatch):
 
 
 @pytest.mark.skipif(not SPLITS_ROWS, reason=f"transformers {transformers.__version__} does not split rows")
-@pytest.mark.parametrize("fullgraph", [True, False])
-def test_compiled_flattened_rows_equal_eager(fullgraph):
+@pytest.mark.parametrize("fullgraph, form", [(True, "position_ids"), (False, "position_ids"), (True, "keywords")])
+def test_compiled_flattened_rows_equal_hf(fullgraph, form):
     """torch.compile (backend aot_eager): with fullgraph=True the sequences' count is an
-    unbacked size in the graph; without it the row runs padded with a block-diagonal mask.
-    Both equal the eager (packed) result, on two rows of different lengths."""
+    unbacked size in the graph; without it the row runs padded with a block-diagonal mask;
+    the keywords' offsets are a graph input. Each equals HF, on two rows of different lengths."""
     torch._dynamo.reset()
     config = copy.deepcopy(CONFIGS["bert"])
     config.num_hidden_layers = 1
@@ -266,10 +266,11 @@ def test_compiled_flattened_rows_equal_eager(fullgraph):
     # dynamic sizes is issue 22 item 4, fixed separately)
     compiled = torch.compile(fast, fullgraph=fullgraph, dynamic=False, backend=counter)
     for lengths in ([5, 1, 9], [3, 3]):
-        ids, positions, _ = _flattened("bert", lengths, seed=sum(lengths))
+        ids, positions, cu = _flattened("bert", lengths, seed=sum(lengths))
+        flash = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths), max_length_k=max(lengths))
         with torch.no_grad():
             ref = hf(input_ids=ids, position_ids=positions)
-            out = compiled(input_ids=ids, position_ids=positions)
+            out = compiled(input_ids=ids, position_ids=positions, **(flash if form == "keywords" else {}))
         _assert_same(out, ref)
     assert counter.frame_count >= 1
     torch._dynamo.reset()
