@@ -239,7 +239,9 @@ def test_host_reads_once_per_forward_on_flattened_rows(monkeypatch):
     config.num_hidden_layers = 4
     _, fast = build(transformers.BertModel, config)
     ids, positions, cu = _flattened("bert", [5, 9, 2], seed=8)
-    calls = [(dict(position_ids=positions), 1), (dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=9, max_length_k=9), 0)]
+    flash = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=9, max_length_k=9)
+    calls = [(dict(position_ids=positions), 1), (flash, 0)]
+
     def no_unpad(*args, **kwargs):
         raise AssertionError("a flattened row is packed already: nothing to unpad")
 

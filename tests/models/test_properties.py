@@ -195,7 +195,8 @@ def check_case(case) -> None:
 def flattened_cases(draw, family: str):
     """One flattened batch of ``family``: head, sizes, rows of sequences (lengths), how the
     sequences are marked, dtype and seed."""
-    head = draw(st.sampled_from([h for h in HEADS if h != "ForMultipleChoice" and hasattr(transformers, FAMILIES[family] + h)]))
+    heads = [h for h in HEADS if h != "ForMultipleChoice" and hasattr(transformers, FAMILIES[family] + h)]
+    head = draw(st.sampled_from(heads))
     rows = draw(st.integers(1, 2))
     lengths = draw(st.lists(st.integers(1, 6), min_size=1, max_size=4))
     marks = ["restarts", "any numbering"] + (["keywords"] if FLASH_KEYWORDS else [])
