@@ -32,10 +32,10 @@ def wrapped_hf_models(obj) -> list[nn.Module] | None:
 
     Every model is checked before the caller changes any (TypeError for an unsupported
     family or for an object holding no HF model, ValueError for unsupported options).
-    ``Transformer`` modules that would feed flash-attention's flattened batches (one packed
-    row with ``cu_seq_lens_*``; sentence-transformers does this when the model was loaded with
-    ``attn_implementation="flash_attention_2"``) are switched to padded batches:
-    fastbert removes the padding itself.
+    ``Transformer`` modules that feed flash-attention's flattened batches (one row of
+    sequences end to end with ``cu_seq_lens_*``; sentence-transformers does this when the
+    model was loaded with ``attn_implementation="flash_attention_2"``) keep doing so: the
+    optimized model runs them on its packed path as they are (:mod:`fastbert.modules.flattened`).
     """
     if is_hf_model(obj) or not is_sentence_transformers_object(obj):
         return None
@@ -49,9 +49,6 @@ def wrapped_hf_models(obj) -> list[nn.Module] | None:
     for model in models:
         config = hf_base_model(model).config
         adapter_for(config).check_supported(config)
-    for module in _modules(obj):
-        if getattr(module, "can_flatten_inputs", False):
-            module.unpad_inputs = False
     return models
 
 

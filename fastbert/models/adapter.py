@@ -25,6 +25,10 @@ class FamilyAdapter:
     hf_layer_prefix = "encoder.layer.{i}."  # HF name prefix of unique layer i
     hf_projection: str | None = None  # HF name of the embedding projection (factorized embeddings)
     output_class_name = "BaseModelOutputWithPoolingAndCrossAttentions"
+    # Whether transformers 5 splits a row at restarting position_ids (no attention mask) for this
+    # family: its base model passes position_ids to create_bidirectional_mask (DistilBERT's and
+    # ALBERT's do not, in transformers 5.25).
+    hf_splits_rows_by_position_ids = False
 
     # HF names (relative to a layer prefix) of the nn.Dropout modules each fastbert layer slot
     # mirrors; None where the family applies no dropout there (BERT's layout by default).
@@ -126,6 +130,18 @@ class FamilyAdapter:
         if config.has_projection and "." not in self.hf_projection:
             attrs.append(self.hf_projection)
         return tuple(attrs)
+
+    # ---- inputs -------------------------------------------------------------
+    def splits_rows_by_position_ids(self) -> bool:
+        """Whether the installed transformers attends within the sequences that restarting
+        ``position_ids`` mark when no attention mask is given (flattened rows,
+        :mod:`fastbert.modules.flattened`): this family's flag, from transformers 5 on (4.x
+        attends over the whole row)."""
+        if not self.hf_splits_rows_by_position_ids:
+            return False
+        import transformers
+
+        return int(transformers.__version__.split(".")[0]) >= 5
 
     # ---- outputs ------------------------------------------------------------
     def pool(self, base: nn.Module, sequence_output: torch.Tensor) -> torch.Tensor | None:

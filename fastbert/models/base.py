@@ -23,6 +23,13 @@ from fastbert.models.pickling import reduce_swapped
 from fastbert.models.weights import install_state_dict_hooks
 from fastbert.modules.config import FastBertConfig
 from fastbert.modules.embeddings import FastBertEmbeddings
+from fastbert.modules.flattened import (
+    FLASH_KWARGS,
+    block_diagonal_mask,
+    can_split_rows,
+    sequences_from_flash_kwargs,
+    sequences_from_position_ids,
+)
 from fastbert.modules.masks import normalize_attention_mask
 
 # Keyword arguments HF heads may forward to the base model that do not change its result.
@@ -42,6 +49,7 @@ class FastBaseModelMixin:
     _fastbert_config: FastBertConfig
     _fastbert_arg_names: tuple[str, ...]
     _fastbert_hf_class: type  # the HF class this class subclasses (set by fast_class)
+    _fastbert_takes_kwargs: bool  # whether its forward takes **kwargs (set by fast_class)
 
     def __reduce_ex__(self, protocol):
         """Pickle (and deep-copy) as "fast_class of the HF class" plus the state, so that a
@@ -65,6 +73,14 @@ class FastBaseModelMixin:
         output_attentions = kwargs.pop("output_attentions", None)
         output_hidden_states = kwargs.pop("output_hidden_states", None)
         return_dict = kwargs.pop("return_dict", None)
+        flash_kwargs = {name: kwargs.pop(name, None) for name in FLASH_KWARGS}
+        # seq_idx (which sequence each token is in) comes with them; the BERT families read it nowhere, as in HF.
+        seq_idx = kwargs.pop("seq_idx", None)
+        flattened = any(value is not None for value in flash_kwargs.values())
+        if (flattened or seq_idx is not None) and not self._fastbert_takes_kwargs:
+            # transformers 4.x base models take no **kwargs and refuse these too.
+            given = sorted([n for n, v in flash_kwargs.items() if v is not None] + ["seq_idx"] * (seq_idx is not None))
+            raise TypeError(f"{type(self).__name__}.forward got unsupported arguments {given}")
         for name in ("head_mask", "encoder_hidden_states", "encoder_attention_mask"):
             if kwargs.pop(name, None) is not None:
                 raise ValueError(f"{name} is not supported by fastbert's encoder; pass None")
@@ -82,16 +98,30 @@ class FastBaseModelMixin:
         if return_dict is None:
             return_dict = getattr(config, "return_dict", True)
 
-        # The mask is checked (and normalized) before any op runs; the encoder then takes it as is.
+        # The mask and the flattened rows' keywords are checked before any op runs; the encoder
+        # then takes the mask as is.
         shape = _batch_and_seq(input_ids, inputs_embeds)
+        sequences = None
+        if flattened:
+            if attention_mask is not None:
+                raise ValueError("cu_seq_lens_q/cu_seq_lens_k describe flattened rows, which have no padding: pass "
+                                 "attention_mask=None with them")
+            tokens = None if shape is None else shape[0] * shape[1]
+            device = self.embeddings.word_embeddings.weight.device
+            sequences = sequences_from_flash_kwargs(**flash_kwargs, tokens=tokens, device=device)
         if shape is not None:
             attention_mask = normalize_attention_mask(attention_mask, *shape, self.encoder.head_counts())
         hidden = self.embeddings(
             input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
         )
-        sequence_output, hidden_states = self.encoder(
-            hidden, attention_mask=attention_mask, output_hidden_states=output_hidden_states
-        )
+        if sequences is None and position_ids is not None and attention_mask is None:
+            sequences, attention_mask = self._split_by_position_ids(position_ids.expand(hidden.shape[:2]))
+        if sequences is not None:
+            sequence_output, hidden_states = self._run_flattened(hidden, sequences, output_hidden_states)
+        else:
+            sequence_output, hidden_states = self.encoder(
+                hidden, attention_mask=attention_mask, output_hidden_states=output_hidden_states
+            )
         fields = {"last_hidden_state": sequence_output}
         pooled = self._fastbert_adapter.pool(self, sequence_output)
         output_class = self._fastbert_adapter.output_class()
@@ -101,6 +131,33 @@ class FastBaseModelMixin:
             fields["hidden_states"] = hidden_states
         output = output_class(**fields)
         return output if return_dict else output.to_tuple()
+
+    def _split_by_position_ids(self, positions):
+        """``(sequences, attention_mask)`` for ``(batch, seq)`` position ids without a mask: where
+        HF splits rows at restarting position ids (this family, this transformers), the
+        sequences they mark (None when every row is one), or, when those cannot be read or
+        traced, the same attention as a block-diagonal mask for the padded path."""
+        if not self._fastbert_adapter.splits_rows_by_position_ids():
+            return None, None
+        if can_split_rows(positions):
+            return sequences_from_position_ids(positions), None
+        return None, block_diagonal_mask(positions)
+
+    def _run_flattened(self, hidden, sequences, output_hidden_states):
+        """The encoder on flattened rows: their tokens are the packed input as they are (no
+        gather, no padding), ``sequences`` the ``cu_seqlens``; outputs back to ``(batch, seq, hidden)``."""
+        batch, seq, width = hidden.shape
+        out = self.encoder(hidden.reshape(batch * seq, width), output_hidden_states=output_hidden_states,
+                           cu_seqlens=sequences.cu_seqlens, max_seqlen=sequences.max_seqlen)
+        last = out.last_hidden_state.view(batch, seq, -1)
+        if out.hidden_states is None:
+            return last, None
+        return last, tuple(h.view(batch, seq, -1) for h in out.hidden_states)
+
+
+def _takes_any_keyword(hf_class: type) -> bool:
+    """Whether ``hf_class.forward`` takes ``**kwargs`` (transformers 5's base models do)."""
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(hf_class.forward).parameters.values())
 
 
 def _batch_and_seq(input_ids, inputs_embeds) -> tuple[int, int] | None:
@@ -127,6 +184,7 @@ def fast_class(hf_class: type) -> type:
     if hf_class not in _FAST_CLASSES:
         qualname = f"Fast{hf_class.__name__}"
         namespace = {"__module__": __name__, "__qualname__": qualname, "_fastbert_hf_class": hf_class,
+                     "_fastbert_takes_kwargs": _takes_any_keyword(hf_class),
                      "forward": _forward_with_signature_of(hf_class)}
         cls = type(hf_class.__name__, (FastBaseModelMixin, hf_class), namespace)
         setattr(sys.modules[__name__], qualname, cls)

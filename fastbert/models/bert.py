@@ -10,6 +10,7 @@ class BertAdapter(FamilyAdapter):
 
     name = "BERT"
     model_types = ("bert",)
+    hf_splits_rows_by_position_ids = True
 
     def config_from_hf(self, hf_config):
         """FastBertConfig of a ``BertConfig``."""

@@ -10,6 +10,7 @@ class ElectraAdapter(FamilyAdapter):
 
     name = "ELECTRA"
     model_types = ("electra",)
+    hf_splits_rows_by_position_ids = True
     hf_projection = "embeddings_project"  # present only when embedding_size != hidden_size
     output_class_name = "BaseModelOutputWithPastAndCrossAttentions"
 

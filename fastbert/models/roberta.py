@@ -10,6 +10,7 @@ class RobertaAdapter(FamilyAdapter):
 
     name = "RoBERTa"
     model_types = ("roberta", "xlm-roberta", "camembert")
+    hf_splits_rows_by_position_ids = True
 
     def config_from_hf(self, hf_config):
         """FastBertConfig of a RoBERTa-style config (positions from the padding index)."""

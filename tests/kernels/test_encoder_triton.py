@@ -145,3 +145,32 @@ def test_packed_encoder_attends_natively_without_pad_or_gather(monkeypatch):
     assert rel_err(grad_x, ref_grad_x, mask) < 1e-5
     for g, r in zip(grads, ref_grads):
         assert rel_err(g, r) < 1e-5
+
+
+def test_flattened_batch_trains_as_hf(triton_backend):
+    """A DataCollatorWithFlattening batch (one row, restarting position ids, no mask) on the
+    Triton kernels: the MLM loss and every gradient equal HF's, whose SDPA attends within
+    the sequences too (transformers 5); the packed attention kernel ran."""
+    if int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip(f"transformers {transformers.__version__} attends over the whole flattened row")
+    config = _config("bert")
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    hf, fast = build(transformers.BertForMaskedLM, config)
+    hf.train(), fast.train()
+    gen = torch.Generator().manual_seed(4)
+    features = [{"input_ids": (ids := torch.randint(3, config.vocab_size, (n,), generator=gen).tolist()), "labels": ids}
+                for n in (5, 9, 2)]
+    batch = transformers.DataCollatorWithFlattening()(features)
+    ref = hf(**batch)
+    with record_dispatch() as log:
+        out = fast(**batch)
+    assert ("varlen_attention", "triton") in log
+    assert abs(out.loss.item() - ref.loss.item()) < 1e-5 * ref.loss.item()
+    ref.loss.backward()
+    out.loss.backward()
+    from tests.helpers import grads_in_hf_names
+
+    grads = grads_in_hf_names(fast)
+    got = torch.cat([grads[k].flatten() for k, _ in hf.named_parameters()])
+    want = torch.cat([p.grad.flatten() for _, p in hf.named_parameters()])
+    assert rel_err(got, want) < 1e-4

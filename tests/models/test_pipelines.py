@@ -122,6 +122,24 @@ def test_feature_extraction_matches_at_padded_positions_too_without_unpadding(to
     _assert_same(out, ref)
 
 
+def test_feature_extraction_padded_positions_are_zeros_on_the_packed_path(tokenizer):
+    """The README's rule: with the packed path (unpad=True here) a batched feature-extraction
+    pipeline's rows past a text's own tokens are exactly 0 (HF computes the pad token's vector
+    there); its real tokens are HF's."""
+    plain = _model("bert", "Model", tokenizer)
+    fast = fastbert.optimize(copy.deepcopy(plain), unpad=True)
+    ref, out = (transformers.pipeline("feature-extraction", model=m, tokenizer=tokenizer, device="cpu")(TEXTS, batch_size=4)
+                for m in (plain, fast))
+    for item, hf_item, text in zip(out, ref, TEXTS):
+        rows, hf_rows = torch.as_tensor(item[0]), torch.as_tensor(hf_item[0])
+        real = len(tokenizer(text)["input_ids"])
+        assert rows.shape == hf_rows.shape
+        assert torch.equal(rows[real:], torch.zeros_like(rows[real:]))
+        assert (rows[:real] - hf_rows[:real]).abs().max().item() < 1e-5
+    assert any(len(item[0]) > len(tokenizer(t)["input_ids"]) for item, t in zip(out, TEXTS)), "rows should be padded"
+    assert any(torch.as_tensor(item[0])[len(tokenizer(t)["input_ids"]):].abs().sum() > 0 for item, t in zip(ref, TEXTS))
+
+
 def _assert_same(out, ref) -> None:
     """Same strings and integers; numbers within 1e-5."""
     assert _strings(out) == _strings(ref)  # labels, words, spans, token ids

@@ -8,14 +8,21 @@ forms are checked against each other too. Sequence-level outputs (pooler, classi
 multiple choice, next-sentence / sentence-order) are compared in full, per-token outputs on
 real tokens. fp32 < 1e-5 relative; fp16 (fastbert in fp16 vs HF in fp32) < 1e-2.
 
+Flattened batches (:func:`test_flattened_rows_match_hf`): sequences of random lengths end
+to end in one or two rows without a mask, marked by restarting position ids (clean restarts,
+or any other numbering: jumps, repeats, descents) or by flash-attention's ``cu_seq_lens_*``
+keywords, compared at every token with HF given the same position ids (and, for the
+keywords, the same sequences as a block-diagonal mask: what HF's flash attention computes).
+
 Bounded for CI: small models, a fixed seed per family and no example database (the same
-examples every run), and 12 examples per family, so the file adds well under a minute on a
-2-core CPU.
+examples every run), and 12 examples per family (6 flattened), so the file adds about a
+minute on a 2-core CPU.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import zlib
 
 import pytest
@@ -40,6 +47,9 @@ if int(transformers.__version__.split(".")[0]) < 5:
 # Per family (five of them): 12 examples, 60 in all. Each family's examples come from its own
 # fixed seed (no example database): every run draws the same cases, and the families differ.
 EXAMPLES_PER_FAMILY = 12
+FLATTENED_EXAMPLES_PER_FAMILY = 6
+FLASH_KEYWORDS = any(p.kind is inspect.Parameter.VAR_KEYWORD
+                     for p in inspect.signature(transformers.BertModel.forward).parameters.values())
 
 
 def hf_config(family: str, heads: int, head_dim: int, layers: int, intermediate: int):
@@ -179,3 +189,72 @@ def check_case(case) -> None:
         out = fast(input_ids=ids, attention_mask=fast_mask, output_hidden_states=True)
     tol = 1e-5 if case["dtype"] == torch.float32 else 1e-2
     compare_where_heads_read(out, ref, case["head"], real, tol)
+
+
+@st.composite
+def flattened_cases(draw, family: str):
+    """One flattened batch of ``family``: head, sizes, rows of sequences (lengths), how the
+    sequences are marked, dtype and seed."""
+    heads = [h for h in HEADS if h != "ForMultipleChoice" and hasattr(transformers, FAMILIES[family] + h)]
+    head = draw(st.sampled_from(heads))
+    rows = draw(st.integers(1, 2))
+    lengths = draw(st.lists(st.integers(1, 6), min_size=1, max_size=4))
+    marks = ["restarts", "any numbering"] + (["keywords"] if FLASH_KEYWORDS else [])
+    return dict(
+        family=family, head=head, unpad=draw(st.sampled_from([True, False, "auto"])),
+        sizes=(draw(st.integers(1, 4)), draw(st.sampled_from([8, 12, 16])), draw(st.integers(1, 2)),
+               draw(st.integers(8, 80))),
+        rows=rows, lengths=lengths, marks=draw(st.sampled_from(marks)),
+        dtype=draw(st.sampled_from([torch.float32, torch.float32, torch.float16])),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_flattened_rows_match_hf(family):
+    if "position_ids" not in inspect.signature(getattr(transformers, FAMILIES[family] + "Model").forward).parameters:
+        pytest.skip(f"transformers {transformers.__version__}'s {family} takes no position_ids")
+
+    @seed(zlib.crc32(family.encode()) + 1)
+    @settings(max_examples=FLATTENED_EXAMPLES_PER_FAMILY, deadline=None, database=None, print_blob=True)
+    @given(case=flattened_cases(family))
+    def check(case):
+        check_flattened_case(case)
+
+    check()
+
+
+def check_flattened_case(case) -> None:
+    """Run one flattened batch through HF and fastbert and compare every output at every token."""
+    hf, fast, config = build_pair(case)
+    gen = torch.Generator().manual_seed(case["seed"])
+    seq = sum(case["lengths"])
+    batch = case["rows"]
+    start = config.pad_token_id + 1 if case["family"] == "roberta" else 0
+    restarts = torch.cat([torch.arange(n) for n in case["lengths"]]) + start
+    ids = torch.randint(3, config.vocab_size, (batch, seq), generator=gen)
+    if case["marks"] == "any numbering":
+        top = config.max_position_embeddings - 1
+        positions = torch.randint(start, top + 1, (batch, seq), generator=gen)
+        positions[:, 1:][torch.rand(batch, seq - 1, generator=gen) < 0.5] = -1  # -1: previous + 1 (a run)
+        for t in range(1, seq):
+            run = positions[:, t] == -1
+            positions[run, t] = (positions[run, t - 1] + 1).clamp(max=top)
+    else:
+        positions = restarts.expand(batch, seq)
+    fast_kwargs, hf_kwargs = {}, {}
+    if case["marks"] == "keywords":  # the sequences of every row, in the flattened batch * seq tokens
+        cu = torch.tensor([0, *torch.tensor(case["lengths"] * batch).cumsum(0).tolist()], dtype=torch.int32)
+        fast_kwargs = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(case["lengths"]),
+                           max_length_k=max(case["lengths"]))
+        sequence = torch.repeat_interleave(torch.arange(len(case["lengths"])), torch.tensor(case["lengths"]))
+        hf_kwargs = dict(attention_mask=(sequence[:, None] == sequence[None, :]).expand(batch, 1, seq, seq))
+    with torch.no_grad():
+        ref = hf(input_ids=ids, position_ids=positions, output_hidden_states=True, **hf_kwargs)
+        out = fast(input_ids=ids, position_ids=positions, output_hidden_states=True, **fast_kwargs)
+    tol = 1e-5 if case["dtype"] == torch.float32 else 1e-2
+    for o, r in zip(out.hidden_states, ref.hidden_states):
+        assert rel_err(o.float(), r) < tol
+    for key, r in ref.items():
+        if isinstance(r, torch.Tensor):
+            assert rel_err(out[key].float(), r) < tol, (key, rel_err(out[key].float(), r))

@@ -144,18 +144,39 @@ def test_multi_process_pool_on_the_cpu_matches_plain(sentence_model):
     assert (torch.as_tensor(out) - ref).abs().max().item() < 1e-5
 
 
-def test_flash_attention_flattening_is_switched_off(sentence_model):
-    """sentence-transformers feeds flash-attention models one flattened row with cu_seq_lens_*;
-    fastbert removes padding itself, so optimize asks the Transformer module for padded batches."""
-    model = copy.deepcopy(sentence_model)
-    module = model[0]
-    if not hasattr(type(module), "unpad_inputs"):
+def test_flattened_encode_runs_as_it_is(sentence_model, monkeypatch):
+    """A model loaded with flash attention makes sentence-transformers encode flattened
+    batches (DataCollatorWithFlattening: one row, restarting position ids, cu_seq_lens_*).
+    The optimized model keeps that path and runs it packed: same embeddings as the plain
+    object's padded batches. Flash attention is not installed here, so its two probes are
+    answered as on a machine with it, and the module re-reads them as loading does."""
+    module_class = type(sentence_model[0])
+    if not hasattr(module_class, "_can_flatten_inputs"):
         pytest.skip("this sentence-transformers version never flattens inputs")
-    module.can_flatten_inputs = True  # what loading with attn_implementation="flash_attention_2" sets
+    import transformers.modeling_flash_attention_utils as flash_utils
+
+    monkeypatch.setattr(module_class, "_is_flash_attention_requested", lambda self: True)
+    monkeypatch.setattr(flash_utils, "lazy_import_flash_attention",
+                        lambda implementation: ((None, object(), None, None, None), (None, None)))
+    model = copy.deepcopy(sentence_model)
+    model[0].unpad_inputs = None  # re-evaluated, as when loaded with attn_implementation="flash_attention_2"
+    assert model[0].can_flatten_inputs
     fastbert.optimize(model)
-    assert module.can_flatten_inputs is False and module.unpad_inputs is False
-    texts = _texts()[:5]
-    assert (_encode(model, texts) - _encode(sentence_model, texts)).abs().max().item() < 1e-5
+    assert model[0].can_flatten_inputs
+    base = _bare(model)[0]
+    calls, forward = [], base.forward
+
+    def recorded(*args, **kwargs):  # sentence-transformers calls forward itself (no module hooks run)
+        calls.append(kwargs)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(base, "forward", recorded)
+    texts = _texts()[:9]
+    out = _encode(model, texts, batch_size=4)
+    assert len(calls) == 3 and all(c["input_ids"].shape[0] == 1 and "cu_seq_lens_q" in c for c in calls)
+    ref = _encode(sentence_model, texts, batch_size=4)
+    assert (out - ref).abs().max().item() < 1e-5
+    assert rel_err(out, ref) < 1e-5
 
 
 def test_unsupported_family_inside_raises_before_changing_anything(tmp_path, sentence_model):
