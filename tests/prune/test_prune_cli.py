@@ -137,7 +137,7 @@ def test_calibrated_method_from_a_text_file(tmp_path, capsys):
     (["--method", "wanda", "--calibration", "CAL", "--calibration-batch-size", "0"], "at least 1"),
     (["--sparsity", "half"], "must be a number"),
     (["--sparsity", "attention=0.25", "--scope", "layer"], "no value"),
-    (["--sparsity", "attention=0.25,ffn=0.6"], "--scope layer"),
+    (["--sparsity", "attention=0.25,ffn=0.6", "--scope", "global"], "--scope layer"),
     (["--sparsity", "attention=0.25,ffn"], "ROLE=FRACTION"),
     (["--sparsity", "attention=0.25,ffn=0.6", "--pattern", "2:4"], "per role"),
 ])
