@@ -75,7 +75,7 @@ def _prune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int, nargs="+", help="only these layer indices")
     p.add_argument("--out", help="directory for the pruned model (save_pretrained) and prune_report.json; "
                    "must be new or empty unless --force")
-    p.add_argument("--min-cosine", type=float, default=0.5, help="quality check: least mean cosine of the pruned "
+    p.add_argument("--min-cosine", type=float, default=None, help="quality check: least mean cosine of the pruned "
                    "model's embeddings to the dense model's on 16 texts (--calibration's, else fastbert's shipped "
                    "corpus); below it nothing is written and the exit code is 1 (default 0.5)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out, overwriting its files, and "

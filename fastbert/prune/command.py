@@ -20,8 +20,8 @@ from pathlib import Path
 import fastbert
 from fastbert.cli_args import checkpoint_dir, output_dir
 from fastbert.prune.checks import CALIBRATED, check_options, default_scope
-from fastbert.prune.folders import load_folder
-from fastbert.prune.quality import compare
+from fastbert.prune.folders import check_structure_loads, load_folder
+from fastbert.prune.quality import DEFAULT_MIN_COSINE, compare
 from fastbert.prune.roles import check_role_sparsity, parse_sparsity
 from fastbert.prune.structure import STRUCTURE_KEY
 
@@ -53,7 +53,10 @@ def read_calibration_texts(path: str | None, method: str) -> list[str] | None:
 
 
 def check_min_cosine(value) -> float:
-    """``--min-cosine`` as a float in [-1, 1] (ValueError otherwise)."""
+    """``--min-cosine`` as a float in [-1, 1] (None: :data:`~fastbert.prune.quality.DEFAULT_MIN_COSINE`;
+    ValueError otherwise)."""
+    if value is None:
+        return DEFAULT_MIN_COSINE
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 <= value <= 1.0:
         raise ValueError(f"--min-cosine must be a cosine in [-1, 1], got {value!r}")
     return float(value)
@@ -73,6 +76,7 @@ def run_prune_command(args) -> int:
     if args.layers is not None and len(set(args.layers)) != len(args.layers):
         raise ValueError(f"--layers names an index more than once ({' '.join(map(str, args.layers))}): give each once")
     min_cosine = check_min_cosine(args.min_cosine)
+    check_structure_loads(source, args.pattern, scope)
     texts = read_calibration_texts(args.calibration, args.method)
     if args.calibration_batch_size < 1:
         raise ValueError(f"--calibration-batch-size must be at least 1, got {args.calibration_batch_size}")
@@ -86,12 +90,12 @@ def run_prune_command(args) -> int:
                          "that loads")
     batches = None if texts is None else folder.tokenize(texts, args.calibration_batch_size)
     fastbert.optimize(model)
-    check_inputs, check_source = folder.check_inputs(texts)
-    dense = folder.embed(check_inputs)
+    embed, check_source = folder.probe(texts)
+    dense = embed()
     report = fastbert.prune(model, sparsity, pattern=args.pattern, method=args.method, scope=scope,
                             layers=args.layers, block_size=args.block_size, calibration=batches,
                             progress=not args.quiet)
-    quality = compare(dense, folder.embed(check_inputs), check_source)
+    quality = compare(dense, embed(), check_source)
     print(report.format())
     print(quality.format(min_cosine))
     failed = not quality.passes(min_cosine)

@@ -14,6 +14,7 @@ Texts are tokenized at the smallest of the tokenizer's limit, sentence-transform
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,25 +53,25 @@ class PruneFolder:
         return [self.tokenizer(texts[i : i + batch_size], padding=True, truncation=True, max_length=self.max_length,
                                return_tensors="pt") for i in range(0, len(texts), batch_size)]
 
-    def check_inputs(self, texts: list[str] | None) -> tuple[list[dict] | list[str], str]:
-        """What the quality check embeds, and its description: :data:`~fastbert.prune.quality.CHECK_TEXTS`
-        of ``texts`` (else of the shipped corpus), or random token ids when there is no tokenizer."""
-        if self.tokenizer is None:
-            cfg = self.model.config
-            return [random_batch(cfg.vocab_size, CHECK_TEXTS, min(32, self.max_length))], \
-                "rows of random token ids (MODEL_DIR has no tokenizer)"
-        source = "calibration texts" if texts else SHIPPED_CORPUS
-        chosen = spread(texts or [sentence for _, sentence in corpus()])
-        return (chosen if self.sentence_transformer is not None else self.tokenize(chosen, CHECK_TEXTS)), source
+    def probe(self, texts: list[str] | None) -> tuple[Callable[[], torch.Tensor], str]:
+        """What the quality check measures: a function returning the model's embeddings (as the
+        model is when it is called) of :data:`~fastbert.prune.quality.CHECK_TEXTS` texts spread over
+        ``texts`` (else over the shipped corpus), and a description of those inputs.
 
-    @torch.no_grad()
-    def embed(self, inputs) -> torch.Tensor:
-        """Embeddings of :meth:`check_inputs`' inputs: sentence-transformers' ``encode`` (its whole
-        pipeline) for a sentence-transformers folder, else mean-pooled last hidden states."""
-        if self.sentence_transformer is not None and inputs and isinstance(inputs[0], str):
-            return self.sentence_transformer.encode(inputs, batch_size=CHECK_TEXTS, convert_to_tensor=True,
-                                                    show_progress_bar=False).cpu()
-        return mean_pooled(self.model, inputs)
+        A sentence-transformers folder embeds with its ``encode`` (its whole pipeline); a Hugging
+        Face folder by mean-pooling the base model's last hidden states; without a tokenizer, on
+        rows of seeded random token ids."""
+        if self.tokenizer is None:
+            batch = random_batch(self.model.config.vocab_size, CHECK_TEXTS, min(32, self.max_length))
+            return (lambda: mean_pooled(self.model, [batch])), "rows of random token ids (MODEL_DIR has no tokenizer)"
+        chosen = spread(texts or [sentence for _, sentence in corpus()])
+        source = "calibration texts" if texts else SHIPPED_CORPUS
+        if self.sentence_transformer is not None:
+            st = self.sentence_transformer
+            return (lambda: st.encode(chosen, batch_size=CHECK_TEXTS, convert_to_tensor=True,
+                                      show_progress_bar=False).cpu()), source
+        batches = self.tokenize(chosen, CHECK_TEXTS)
+        return (lambda: mean_pooled(self.model, batches)), source
 
     def save(self, out: Path) -> None:
         """Write the model: sentence-transformers' ``save`` (every module), or ``save_pretrained``
@@ -85,10 +86,28 @@ class PruneFolder:
                     self.tokenizer.save_pretrained(out)
 
 
+def is_sentence_transformers_folder(source: Path) -> bool:
+    """Whether ``source`` is a sentence-transformers folder (it has ``modules.json``)."""
+    return (source / SENTENCE_TRANSFORMERS_MARKER).is_file()
+
+
+def check_structure_loads(source: Path, pattern: str, scope: str) -> None:
+    """ValueError when pruning a sentence-transformers folder this way would write a folder
+    sentence-transformers cannot load: removed heads, or neurons counted per layer (``scope="global"``),
+    are recorded as per-layer lists in ``config.json``, which transformers refuses."""
+    if not is_sentence_transformers_folder(source):
+        return
+    if pattern == "heads" or (pattern == "neurons" and scope == "global"):
+        what = "--pattern heads" if pattern == "heads" else "--pattern neurons --scope global"
+        raise ValueError(f"{what} on a sentence-transformers folder would write per-layer sizes in its config.json, "
+                         "which sentence-transformers cannot load: use --pattern neurons (--scope layer: the same "
+                         "count in every layer) or a weight pattern")
+
+
 def load_folder(source: Path, model_dir: str) -> PruneFolder:
     """The checkpoint in ``source`` (``model_dir`` as the user typed it), on the CPU, in eval mode;
     ValueError for a folder that does not load or lacks weights its model needs."""
-    if (source / SENTENCE_TRANSFORMERS_MARKER).is_file():
+    if is_sentence_transformers_folder(source):
         return _load_sentence_transformer(source, model_dir)
     cls = task_model_class(checkpoint_config(model_dir, "MODEL_DIR"))
     model, info = load_checkpoint(model_dir, "MODEL_DIR", cls, output_loading_info=True)

@@ -11,6 +11,7 @@ import transformers
 
 import fastbert
 from fastbert.cli import main
+from fastbert.prune.quality import DEFAULT_MIN_COSINE
 from tests.helpers import build, padded_batch, rel_err
 
 CONFIGS = {
@@ -203,7 +204,8 @@ def test_help_says_what_the_defaults_are(capsys):
     with pytest.raises(SystemExit):
         main(["prune", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for words in ("default unstructured", "default magnitude", "layer, the default", "--min-cosine", "(default 0.5)",
+    for words in ("default unstructured", "default magnitude", "layer, the default", "--min-cosine",
+                  f"(default {DEFAULT_MIN_COSINE:g})",
                   "fails the quality check"):
         assert words in text, words
 
