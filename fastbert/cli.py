@@ -55,9 +55,9 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _prune_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model_dir", help="local Hugging Face checkpoint directory")
+    p.add_argument("model_dir", help="local Hugging Face checkpoint or sentence-transformers directory")
     p.add_argument("--sparsity", required=True, help="fraction to remove, in [0, 1), or one per matrix role for "
-                   "unstructured/block with --scope layer, e.g. attention=0.25,ffn=0.625")
+                   "unstructured/block (with --scope layer, the default), each once, e.g. attention=0.25,ffn=0.625")
     p.add_argument("--pattern", default="unstructured", help="unstructured, block, heads, neurons or N:M such as "
                    "2:4 (default unstructured: with the default method, the best the README measured without "
                    "calibration)")
@@ -72,7 +72,8 @@ def _prune_arguments(p: argparse.ArgumentParser) -> None:
                    help="each matrix to the target (layer, the default) or one ranking over all matrices (global; "
                    "refused where it would remove a matrix whole)")
     p.add_argument("--block-size", type=int, default=32, choices=[16, 32, 64])
-    p.add_argument("--layers", type=int, nargs="+", help="only these layer indices")
+    p.add_argument("--layers", type=int, nargs="+", help="only these layer indices, each once (ALBERT: indices of its "
+                   "shared weight sets)")
     p.add_argument("--out", help="directory for the pruned model (save_pretrained) and prune_report.json; "
                    "must be new or empty unless --force")
     p.add_argument("--min-cosine", type=float, default=None, help="quality check: least mean cosine of the pruned "

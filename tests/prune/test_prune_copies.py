@@ -129,3 +129,21 @@ def test_a_fresh_process_loads_and_trains_a_pruned_model(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("how", ["moved", "deepcopy"])
+def test_masks_follow_a_model_moved_to_the_gpu(how):
+    """Pruned on the CPU, trained on CUDA (the model itself, or a deep copy of it there)."""
+    original = _pruned("unstructured")
+    keeps = {n: keep_mask(m).cuda() for n, m in _masked(original).items()}
+    model = original.cuda() if how == "moved" else copy.deepcopy(original.cuda())
+    ids, mask = padded_batch(120, [9, 5, 7], 0, seed=4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    model.train()
+    model(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state.square().mean().backward()
+    for name, module in _masked(model).items():
+        assert not module.weight.grad[~keeps[name]].any(), name
+    optimizer.step()
+    for name, module in _masked(model).items():
+        assert module.weight.is_cuda and not module.weight[~keeps[name]].any(), name
