@@ -55,25 +55,32 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _prune_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model_dir", help="local Hugging Face checkpoint directory")
+    p.add_argument("model_dir", help="local Hugging Face checkpoint or sentence-transformers directory")
     p.add_argument("--sparsity", required=True, help="fraction to remove, in [0, 1), or one per matrix role for "
-                   "unstructured/block with --scope layer, e.g. attention=0.25,ffn=0.625")
-    p.add_argument("--pattern", default="block", help="unstructured, block, heads, neurons or N:M such as 2:4 "
-                   "(default block)")
+                   "unstructured/block (with --scope layer, the default), each once, e.g. attention=0.25,ffn=0.625")
+    p.add_argument("--pattern", default="unstructured", help="unstructured, block, heads, neurons or N:M such as "
+                   "2:4 (default unstructured: with the default method, the best the README measured without "
+                   "calibration)")
     p.add_argument("--method", default="magnitude", choices=["magnitude", "wanda", "sparsegpt"],
-                   help="how weights are chosen (wanda and sparsegpt need --calibration)")
+                   help="how weights are chosen (default magnitude; wanda and sparsegpt need --calibration and keep "
+                   "more)")
     p.add_argument("--calibration", metavar="FILE", help="calibration texts, one per line, tokenized with the "
                    "checkpoint's tokenizer (for --method wanda/sparsegpt)")
     p.add_argument("--calibration-batch-size", type=int, default=16, help="texts per calibration batch (default 16)")
     p.add_argument("--quiet", action="store_true", help="no calibration progress on stderr")
     p.add_argument("--scope", default=None, choices=["global", "layer"],
-                   help="one ranking over all matrices (global) or each to the target (layer); default global for "
-                   "magnitude, layer for wanda/sparsegpt")
+                   help="each matrix to the target (layer, the default) or one ranking over all matrices (global; "
+                   "refused where it would remove a matrix whole)")
     p.add_argument("--block-size", type=int, default=32, choices=[16, 32, 64])
-    p.add_argument("--layers", type=int, nargs="+", help="only these layer indices")
+    p.add_argument("--layers", type=int, nargs="+", help="only these layer indices, each once (ALBERT: indices of its "
+                   "shared weight sets)")
     p.add_argument("--out", help="directory for the pruned model (save_pretrained) and prune_report.json; "
                    "must be new or empty unless --force")
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out, overwriting its files")
+    p.add_argument("--min-cosine", type=float, default=None, help="quality check: least mean cosine of the pruned "
+                   "model's embeddings to the dense model's on 16 texts (--calibration's, else fastbert's shipped "
+                   "corpus); below it nothing is written and the exit code is 1 (default 0.5)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out, overwriting its files, and "
+                   "write a model that fails the quality check")
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
@@ -159,8 +166,9 @@ _SUBCOMMANDS = (  # name, what runs it ("module:function"), its arguments, help,
         "prune", "fastbert.prune.command:run_prune_command", _prune_arguments,
         "prune a checkpoint's encoder (magnitude, wanda, sparsegpt; block, 2:4, unstructured, heads, neurons)",
         "Load a local Hugging Face checkpoint as the task model its config names (its head is "
-        "kept), switch it to fastbert, prune its encoder projections, print the report and save the pruned "
-        "model and report.",
+        "kept; a sentence-transformers folder is kept whole), switch it to fastbert, prune its encoder projections, "
+        "check what the pruned model keeps on a few texts, print the report and save the pruned model and report. "
+        "Defaults: unstructured magnitude pruning, each matrix to the target (--scope layer), --min-cosine 0.5.",
     ),
     (
         "bench", "fastbert.bench.train_command:run_bench_or_train_command", _bench_arguments,

@@ -10,7 +10,7 @@ docs/ARCHITECTURE.md)::
     models   fastbert.models
     api      fastbert (the package), fastbert.optimize, fastbert.prune, fastbert.pretrained
     tools    fastbert.configs, fastbert.cli_args, fastbert.numerics, fastbert.check,
-             fastbert.bench, fastbert.prune.command
+             fastbert.bench, fastbert.prune.command, fastbert.prune.folders
     cli      fastbert.cli
 
 Every import counts, at module level or inside a function (those run later, but a circle
@@ -46,6 +46,7 @@ PLACES = {
     "fastbert.check": "tools",
     "fastbert.bench": "tools",
     "fastbert.prune.command": "tools",  # the ``fastbert prune`` command, beside the algorithm it runs
+    "fastbert.prune.folders": "tools",  # the folders ``fastbert prune`` reads and writes (HF, sentence-transformers)
     "fastbert.cli": "cli",
 }
 """Module (or package, covering its submodules) -> layer; the longest matching name wins."""

@@ -7,7 +7,8 @@ Methods: ``"magnitude"``, and the calibrated ``"wanda"`` and ``"sparsegpt"``, wh
 calibration batches layer by layer (:class:`CalibratedOptions` says how). Gradual pruning
 during fine-tuning is :class:`GradualPruner`; recovery by distillation from the dense
 model is :class:`Distiller`. Masks stay applied through training: pruned weights get zero
-gradients and are re-zeroed after every optimizer step. After pruning, 2:4 and block
+gradients and are re-zeroed after every optimizer step, also in pickled or deep-copied
+models (:mod:`apply`). After pruning, 2:4 and block
 matrices run on their sparse path where it is faster (:mod:`execution`).
 
 One job per module: :mod:`pruning` (the entry point), :mod:`magnitude`, :mod:`calibrated`

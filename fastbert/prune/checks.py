@@ -44,9 +44,13 @@ def check_pattern(pattern) -> None:
         raise ValueError(f"pattern must be one of {PATTERNS} or 'N:M' (e.g. '1:4', '4:8'), got {pattern!r}")
 
 
+DEFAULT_SCOPE = "layer"
+
+
 def default_scope(method: str) -> str:
-    """``"global"`` for magnitude pruning, ``"layer"`` for the calibrated methods."""
-    return "layer" if method in CALIBRATED else "global"
+    """``"layer"`` (each matrix pruned to the target) for every method: what the README's table
+    measured best, and a scope that never removes a matrix whole. ``"global"`` is on request."""
+    return DEFAULT_SCOPE
 
 
 def check_scope(scope: str) -> None:
@@ -69,18 +73,28 @@ def check_block_size(pattern: str, block_size) -> None:
         raise ValueError(f"block size must be one of {BLOCK_SIZES}, got {block_size}")
 
 
-def check_layers(layers, count: int) -> list[int] | None:
-    """``layers`` as a list of indices in [0, count) (None = every layer); TypeError/ValueError otherwise."""
+def check_layers(layers, count: int, shared: bool = False) -> list[int] | None:
+    """``layers`` as a list of distinct indices in [0, count) (None = every layer); TypeError/ValueError
+    otherwise. ``shared``: the encoder shares weights across layers (ALBERT), so the indices are
+    of its ``count`` shared weight sets, not of the layers it applies; the errors say so."""
     if layers is None:
         return None
+    unit, units, note = "layer index", "layer indices", ""
+    if shared:
+        unit, units = "shared weight set index", "shared weight set indices"
+        note = (f" (this encoder shares weights across layers, as ALBERT does: layers are indices of its {count} "
+                "shared weight set(s), and pruning a set prunes every layer that applies it)")
     if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
-        raise TypeError(f"layers must be a list of layer indices, got {type(layers).__name__}")
+        raise TypeError(f"layers must be a list of {units}, got {type(layers).__name__}{note}")
     chosen = list(layers)
     if not chosen:
-        raise ValueError("layers must name at least one layer index (None prunes every layer)")
+        raise ValueError(f"layers must name at least one {unit} (None prunes every layer){note}")
     for i in chosen:
         if isinstance(i, bool) or not isinstance(i, numbers.Integral):
-            raise TypeError(f"layers must hold integer indices, got {i!r}")
+            raise TypeError(f"layers must hold integer {units}, got {i!r}{note}")
         if not 0 <= i < count:
-            raise ValueError(f"layers must be indices in [0, {count}), got {i}")
+            raise ValueError(f"layers must be {units} in [0, {count}), got {i}{note}")
+    repeated = sorted({int(i) for i in chosen if chosen.count(i) > 1})
+    if repeated:
+        raise ValueError(f"layers names {repeated} more than once: give each {unit} once{note}")
     return [int(i) for i in chosen]

@@ -1,10 +1,14 @@
-"""``fastbert prune``: prune a local HF checkpoint, write the report and the pruned model.
+"""``fastbert prune``: prune a local checkpoint, check what it keeps, write the report and the pruned model.
 
-The checkpoint is loaded as the task model its config names (``architectures``, e.g.
-``BertForSequenceClassification``), so the pruned model keeps its head. A checkpoint
-missing weights that model needs is refused (they would be saved as random values);
-checkpoint weights the model does not use are listed on stderr. ``--out`` must be a new
-or empty folder unless ``--force`` is given.
+The folder is read and written by :mod:`fastbert.prune.folders`: a Hugging Face checkpoint
+as its task model (its head kept; one missing weights that model needs is refused,
+checkpoint weights the model does not use are listed on stderr), a sentence-transformers
+folder as a ``SentenceTransformer`` (every module kept). Defaults: unstructured magnitude
+pruning, each matrix to the target (``--scope layer``): the best setting the README
+measured that needs no calibration. After pruning, the quality check
+(:mod:`fastbert.prune.quality`) compares the pruned model's embeddings with the dense
+model's on a few texts; below ``--min-cosine`` nothing is written and the exit code is 1,
+unless ``--force``. ``--out`` must be a new or empty folder unless ``--force`` is given.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import sys
 from pathlib import Path
 
 import fastbert
-from fastbert.cli_args import checkpoint_config, checkpoint_dir, load_checkpoint, output_dir, quiet_transformers
-from fastbert.pretrained import task_model_class
+from fastbert.cli_args import checkpoint_dir, output_dir
 from fastbert.prune.checks import CALIBRATED, check_options, default_scope
+from fastbert.prune.folders import check_structure_loads, load_folder
+from fastbert.prune.quality import DEFAULT_MIN_COSINE, compare
 from fastbert.prune.roles import check_role_sparsity, parse_sparsity
 from fastbert.prune.structure import STRUCTURE_KEY
 
@@ -27,20 +32,6 @@ def _out_dir(args, source: Path) -> Path | None:
     if Path(args.out).resolve() == source.resolve():
         raise ValueError("--out is the checkpoint being pruned; choose another folder")
     return output_dir(args.out, "--out", must_be_empty=not args.force, create=False)  # created when saving
-
-
-def load_task_model(model_dir: str):
-    """The checkpoint as its task model; ValueError if it lacks weights the model needs.
-    Returns (model, names of checkpoint weights the model does not use)."""
-    cls = task_model_class(checkpoint_config(model_dir, "MODEL_DIR"))
-    model, info = load_checkpoint(model_dir, "MODEL_DIR", cls, output_loading_info=True)
-    missing = sorted(info.get("missing_keys") or [])
-    if missing:
-        raise ValueError(
-            f"MODEL_DIR {model_dir!r} lacks {len(missing)} weight(s) {cls.__name__} needs ({', '.join(missing[:4])}"
-            f"{', ...' if len(missing) > 4 else ''}); they would be saved as random values"
-        )
-    return model.eval(), sorted(info.get("unexpected_keys") or [])
 
 
 def read_calibration_texts(path: str | None, method: str) -> list[str] | None:
@@ -61,24 +52,20 @@ def read_calibration_texts(path: str | None, method: str) -> list[str] | None:
     return texts
 
 
-def calibration_batches(model_dir: str, texts: list[str], batch_size: int) -> list[dict]:
-    """``texts`` tokenized with the checkpoint's tokenizer, ``batch_size`` per batch, padded and
-    truncated to the model's longest sequence."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except Exception as e:  # noqa: BLE001 - any failure means the same to the user
-        raise ValueError(f"--calibration needs the checkpoint's tokenizer, and MODEL_DIR {model_dir!r} has none "
-                         f"that loads ({type(e).__name__})") from e
-    longest = min(512, int(getattr(tokenizer, "model_max_length", 512) or 512))
-    return [tokenizer(texts[i : i + batch_size], padding=True, truncation=True, max_length=longest,
-                      return_tensors="pt") for i in range(0, len(texts), batch_size)]
+def check_min_cosine(value) -> float:
+    """``--min-cosine`` as a float in [-1, 1] (None: :data:`~fastbert.prune.quality.DEFAULT_MIN_COSINE`;
+    ValueError otherwise)."""
+    if value is None:
+        return DEFAULT_MIN_COSINE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 <= value <= 1.0:
+        raise ValueError(f"--min-cosine must be a cosine in [-1, 1], got {value!r}")
+    return float(value)
 
 
 def run_prune_command(args) -> int:
-    """Run ``fastbert prune`` for parsed CLI ``args``; exit code 0 on success (bad input raises
-    ValueError/TypeError: exit 2)."""
+    """Run ``fastbert prune`` for parsed CLI ``args``: exit code 0 on success, 1 when the pruned
+    model fails the quality check (and ``--force`` is not given; nothing is written then); bad
+    input raises ValueError/TypeError before any work (exit 2)."""
     source = checkpoint_dir(args.model_dir, "MODEL_DIR")
     out = _out_dir(args, source)  # before any work
     sparsity = parse_sparsity(args.sparsity)
@@ -86,39 +73,47 @@ def run_prune_command(args) -> int:
     check_options(sparsity, args.pattern, args.method, scope, args.block_size)
     if isinstance(sparsity, dict):
         check_role_sparsity(sparsity, args.pattern, scope)
+    if args.layers is not None and len(set(args.layers)) != len(args.layers):
+        raise ValueError(f"--layers names an index more than once ({' '.join(map(str, args.layers))}): give each once")
+    min_cosine = check_min_cosine(args.min_cosine)
+    check_structure_loads(source, args.pattern, scope)
     texts = read_calibration_texts(args.calibration, args.method)
     if args.calibration_batch_size < 1:
         raise ValueError(f"--calibration-batch-size must be at least 1, got {args.calibration_batch_size}")
-    model, unused = load_task_model(args.model_dir)
-    if unused:
-        print(f"note: {len(unused)} checkpoint weight(s) are not used by {type(model).__name__} and are not "
-              f"written: {', '.join(unused[:4])}{', ...' if len(unused) > 4 else ''}", file=sys.stderr)
-    batches = None if texts is None else calibration_batches(args.model_dir, texts, args.calibration_batch_size)
+    folder = load_folder(source, args.model_dir)
+    model = folder.model
+    if folder.unused:
+        print(f"note: {len(folder.unused)} checkpoint weight(s) are not used by {type(model).__name__} and are not "
+              f"written: {', '.join(folder.unused[:4])}{', ...' if len(folder.unused) > 4 else ''}", file=sys.stderr)
+    if texts is not None and folder.tokenizer is None:
+        raise ValueError(f"--calibration needs the checkpoint's tokenizer, and MODEL_DIR {args.model_dir!r} has none "
+                         "that loads")
+    batches = None if texts is None else folder.tokenize(texts, args.calibration_batch_size)
     fastbert.optimize(model)
-    report = fastbert.prune(model, sparsity, pattern=args.pattern, method=args.method, scope=args.scope,
+    embed, check_source = folder.probe(texts)
+    dense = embed()
+    report = fastbert.prune(model, sparsity, pattern=args.pattern, method=args.method, scope=scope,
                             layers=args.layers, block_size=args.block_size, calibration=batches,
                             progress=not args.quiet)
+    quality = compare(dense, embed(), check_source)
     print(report.format())
+    print(quality.format(min_cosine))
+    failed = not quality.passes(min_cosine)
+    if failed and not args.force:
+        print(f"fastbert prune: the pruned model keeps mean cosine {quality.mean:.3f} < --min-cosine {min_cosine:g} "
+              "to the dense model: not written (lower --sparsity, a finer --pattern, a calibrated --method, or "
+              "--force to write it anyway)", file=sys.stderr)
+        return 1
     if out is None:
         print("no --out given: nothing was written")
         return 0
-    out.mkdir(parents=True, exist_ok=True)
-    with quiet_transformers():
-        model.save_pretrained(out)
-        _copy_tokenizer(args.model_dir, out)
-    (out / "prune_report.json").write_text(json.dumps(report.to_dict(), indent=2))
+    folder.save(out)
+    (out / "prune_report.json").write_text(json.dumps(report.to_dict() | {"quality": quality.to_dict()}, indent=2))
     note = ""
     if hasattr(model.config, STRUCTURE_KEY):
         note = " (heads or per-layer neuron counts recorded in config.json: load it with fastbert.from_pretrained)"
-    print(f"pruned {type(model).__name__} and prune_report.json written to {out}{note}")
+    kind = "sentence-transformers model" if folder.kind == "sentence-transformers" else type(model).__name__
+    print(f"pruned {kind} and prune_report.json written to {out}{note}")
+    if failed:
+        print("warning: written although it fails the quality check (--force)", file=sys.stderr)
     return 0
-
-
-def _copy_tokenizer(model_dir: str, out: Path) -> None:
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except Exception:  # a checkpoint without a tokenizer is fine
-        return
-    tokenizer.save_pretrained(out)

@@ -5,8 +5,10 @@ Called by :func:`fastbert.prune.pruning.prune` (``method="magnitude"``).
 Unstructured, block and 2:4 patterns zero the smallest weights (blocks by their mean
 magnitude) and keep them zero through training (:mod:`fastbert.prune.apply`); ``heads``
 and ``neurons`` remove whole attention heads / FFN neurons by their weights' L2 norm,
-leaving smaller dense matrices (:mod:`fastbert.prune.structured`). ``scope="global"``
-ranks every chosen matrix against one threshold, ``"layer"`` prunes each to the target.
+leaving smaller dense matrices (:mod:`fastbert.prune.structured`). ``scope="layer"`` (the
+default) prunes each matrix to the target; ``"global"`` ranks every chosen matrix against
+one threshold, and is refused (ValueError, no weight changed) where that threshold would
+remove a matrix whole.
 """
 
 from __future__ import annotations
@@ -48,10 +50,14 @@ def prune_magnitude(chosen, sparsity, pattern, scope, block_size) -> None:
     keep_flat = torch.ones_like(flat, dtype=torch.bool)
     if n_prune:
         keep_flat[torch.topk(flat, n_prune, largest=False).indices] = False
-    offset = 0
-    for t, u in zip(chosen, units):
-        keep = keep_flat[offset : offset + u.numel()].view(u.shape)
-        offset += u.numel()
+    keeps = [k.view(u.shape) for k, u in zip(keep_flat.split([u.numel() for u in units]), units)]
+    wiped = [t.name for t, k in zip(chosen, keeps) if not k.any()]
+    if wiped:  # refused before any weight changes: a matrix with no weight left is a broken projection
+        raise ValueError(
+            f"scope='global' at sparsity {sparsity:g} would remove every weight of {len(wiped)} matrix(es) "
+            f"({', '.join(wiped[:4])}{', ...' if len(wiped) > 4 else ''}): use scope='layer' (each matrix pruned "
+            "to the target, the default) or a lower sparsity")
+    for t, keep in zip(chosen, keeps):
         if pattern == "block":
             keep = expand_blocks(keep, block_size, t.module.weight.shape)
         apply_mask(t.module, keep)

@@ -49,11 +49,12 @@ def prune(
     by layer through the already-pruned layers on real tokens; ``options``
     (:class:`CalibratedOptions`, default the tuned settings; ``CalibratedOptions.plain(method)``
     is the published algorithm) says how; ``progress`` shows a bar (or lines on stderr).
-    ``scope``: magnitude ranks all matrices against one threshold (``"global"``, its
-    default) or each matrix to the target (``"layer"``); calibrated methods prune every
-    matrix to the target (``"layer"``, their default: it measured best on MiniLM) or give
-    layers outlier-weighted sparsities (``"global"``, OWL); heads/neurons: one ranking of
-    normalized scores (``"global"``) or the same fraction per layer (``"layer"``).
+    ``scope``: ``"layer"`` (the default for every method: what measured best on MiniLM)
+    prunes each matrix to the target (heads/neurons: the same fraction per layer);
+    ``"global"`` ranks all matrices against one magnitude threshold (refused, with no weight
+    changed, where that would remove a matrix whole), gives layers outlier-weighted
+    sparsities for the calibrated methods (OWL), or ranks heads/neurons by normalized
+    scores (a layer always keeps its best one).
     ``layers`` restricts pruning to those layer indices.
 
     Structured patterns replace the affected ``nn.Linear`` modules with smaller ones

@@ -71,6 +71,17 @@ class PruneReport:
         return {role: 1.0 - remaining[role] / max(1, n) for role, n in dense.items()}
 
     @property
+    def matrix_sparsity_range(self) -> tuple[float, float]:
+        """The smallest and largest sparsity of any one matrix (an overall figure can hide a wiped matrix)."""
+        values = [m.sparsity for m in self.matrices] or [0.0]
+        return min(values), max(values)
+
+    @property
+    def pruned_whole(self) -> list[str]:
+        """Names of the matrices that lost every weight (their projection is left with its bias only)."""
+        return [m.name for m in self.matrices if m.remaining_params == 0]
+
+    @property
     def flops_removed_per_token(self) -> int:
         """Projection FLOPs per token removed."""
         return 2 * (self.dense_params - self.remaining_params)
@@ -88,6 +99,8 @@ class PruneReport:
         d.update(
             sparsity=self.sparsity,
             role_sparsity=self.role_sparsity,
+            matrix_sparsity_range=list(self.matrix_sparsity_range),
+            pruned_whole=self.pruned_whole,
             dense_params=self.dense_params,
             remaining_params=self.remaining_params,
             flops_removed_per_token=self.flops_removed_per_token,
@@ -105,6 +118,10 @@ class PruneReport:
             f"({self.dense_params - self.remaining_params:,}); {self.flops_removed_per_token:,} FLOPs/token removed "
             f"({self.pattern}, {self.method})"
         )
+        low, high = self.matrix_sparsity_range
+        lines.append(f"per matrix: {low:.1%} to {high:.1%} removed")
+        if self.pruned_whole:
+            lines.append(f"WARNING: {len(self.pruned_whole)} matrix(es) lost every weight: {', '.join(self.pruned_whole)}")
         lines.append(f"ideal projection FLOP ratio {self.ideal_flop_ratio:.2f}x (ideal: not a measured speedup)")
         lines.append(f"execution: {self.execution}")
         speed = "not measured" if self.measured_speedup is None else f"{self.measured_speedup:.2f}x (measured)"

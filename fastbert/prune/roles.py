@@ -68,7 +68,10 @@ def parse_sparsity(text: str) -> float | dict[str, float]:
         if not sep or not key.strip():
             raise ValueError(f"--sparsity takes a fraction or ROLE=FRACTION,... (e.g. attention=0.25,ffn=0.625), "
                              f"got {text!r}")
-        per_role[key.strip()] = number(value.strip(), f"for {key.strip()!r}")
+        key = key.strip()
+        if key in per_role:
+            raise ValueError(f"--sparsity gives {key!r} more than once (got {text!r}): give each role or group once")
+        per_role[key] = number(value.strip(), f"for {key!r}")
     return per_role
 
 

@@ -38,6 +38,8 @@ class GradualPruner:
     :func:`fastbert.prune.prune` with the schedule's sparsity (masks only grow), with
     ``method`` ``"magnitude"``, or ``"wanda"``/``"sparsegpt"`` on ``calibration`` (model
     input dicts, as for :func:`fastbert.prune.prune`; ``options`` likewise).
+    ``scope`` defaults to ``"layer"`` as for :func:`fastbert.prune.prune`; with ``"global"``
+    an event whose threshold would remove a matrix whole raises ValueError (no weight changed).
     ``final_sparsity`` may be a fraction per matrix role, as for :func:`fastbert.prune.prune`
     (``{"attention": 0.25, "ffn": 0.625}``): each role follows its own cubic schedule.
     """

@@ -38,7 +38,7 @@ def targets(model: nn.Module, layers=None) -> list[Target]:
     """Prunable matrices of ``model``, optionally only those of the given layer indices."""
     encoder = encoder_of(model)
     count = len(encoder.layers)
-    chosen = check_layers(layers, count)
+    chosen = check_layers(layers, count, shared=encoder.config.layer_schedule is not None)
     if chosen is None:
         chosen = range(count)
     return [

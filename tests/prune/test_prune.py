@@ -143,3 +143,16 @@ def test_bad_arguments():
         prune(_model(), 0.5, layers=[5])
     with pytest.raises(TypeError, match="optimize"):
         prune(transformers.BertModel(family_configs()["bert"]), 0.5)
+
+
+def test_the_report_flags_a_matrix_left_with_no_weight():
+    from fastbert.prune.report import MatrixReport, PruneReport
+
+    report = PruneReport("block", "magnitude (global)", 0.5, [MatrixReport("layers.0.output", "ffn.out", (4, 8), 32, 0),
+                                                            MatrixReport("layers.0.qkv", "attention.qkv", (12, 4), 48, 40)])
+    assert report.pruned_whole == ["layers.0.output"]
+    assert report.matrix_sparsity_range == (pytest.approx(1 - 40 / 48), 1.0)
+    text = report.format()
+    assert "per matrix: 16.7% to 100.0% removed" in text
+    assert "WARNING: 1 matrix(es) lost every weight: layers.0.output" in text
+    assert report.to_dict()["pruned_whole"] == ["layers.0.output"]

@@ -8,7 +8,7 @@ import torch
 import transformers
 
 from fastbert.prune import GradualPruner, prune
-from tests.helpers import build
+from tests.helpers import build, family_configs
 
 CONFIG = transformers.BertConfig(vocab_size=120, hidden_size=64, num_attention_heads=4, num_hidden_layers=2,
                                  intermediate_size=96, max_position_embeddings=40)
@@ -33,6 +33,8 @@ PRUNE_CASES = [
     ("bool sparsity", dict(sparsity=True), TypeError, "sparsity"),
     ("string sparsity", dict(sparsity="0.5"), TypeError, "sparsity"),
     ("bad scope", dict(sparsity=0.5, scope="row"), ValueError, "scope"),
+    ("repeated layer", dict(sparsity=0.5, layers=[0, 0]), ValueError, r"\[0\] more than once"),
+    ("repeated layers", dict(sparsity=0.5, layers=[1, 0, 1]), ValueError, r"\[1\] more than once"),
 ]
 
 
@@ -80,3 +82,43 @@ def test_gradual_pruner_rejects_at_construction(name, kwargs, exc, match):
 def test_gradual_pruner_needs_an_optimized_model():
     with pytest.raises(TypeError, match="optimize"):
         GradualPruner(transformers.BertModel(CONFIG), 0.5, 0, 10)
+
+
+@pytest.mark.parametrize("layers,exc", [([3], ValueError), ([0, 0], ValueError), ([], ValueError), ([0.5], TypeError)])
+def test_albert_layer_errors_say_the_indices_are_of_shared_weight_sets(layers, exc):
+    model = build(transformers.AlbertModel, family_configs()["albert"])[1]  # 3 layers applying 1 shared set
+    before = _weights(model)
+    with pytest.raises(exc, match="shared weight set"):
+        prune(model, 0.5, layers=layers)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_layer_error_of_an_unshared_encoder_does_not_mention_shared_sets():
+    with pytest.raises(ValueError, match=r"layer indices in \[0, 2\)") as info:
+        prune(_model(), 0.5, layers=[5])
+    assert "shared" not in str(info.value)
+
+
+def _with_one_small_matrix():
+    """A model whose layer 0 ffn.out weights are 100x smaller than the rest: one global ranking takes all of them."""
+    model = _model()
+    with torch.no_grad():
+        model.encoder.layers[0].output.weight.mul_(0.01)
+    return model
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "block"])
+def test_global_scope_refuses_to_remove_a_matrix_whole(pattern):
+    model = _with_one_small_matrix()
+    before = _weights(model)
+    with pytest.raises(ValueError, match=r"every weight of 1 matrix\(es\) \(layers\.0\.output\).*scope='layer'"):
+        prune(model, 0.5, pattern=pattern, scope="global", block_size=16)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_the_default_scope_prunes_each_matrix_to_the_target():
+    report = prune(_with_one_small_matrix(), 0.5, pattern="block", block_size=16)
+    assert report.method == "magnitude (layer)" and not report.pruned_whole
+    assert all(abs(m.sparsity - 0.5) < 0.1 for m in report.matrices), [m.sparsity for m in report.matrices]
+    low, high = report.matrix_sparsity_range
+    assert f"per matrix: {low:.1%} to {high:.1%} removed" in report.format()
