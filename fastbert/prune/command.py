@@ -15,6 +15,7 @@ from pathlib import Path
 
 import fastbert
 from fastbert.cli_args import checkpoint_config, checkpoint_dir, load_checkpoint, output_dir, quiet_transformers
+from fastbert.data import read_text_lines
 from fastbert.pretrained import task_model_class
 from fastbert.prune.checks import CALIBRATED, check_options, default_scope
 from fastbert.prune.roles import check_role_sparsity, parse_sparsity
@@ -53,7 +54,7 @@ def read_calibration_texts(path: str | None, method: str) -> list[str] | None:
     if path is None:
         raise ValueError(f"--method {method} needs --calibration FILE (one text per line)")
     try:
-        texts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts = read_text_lines(path)
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"--calibration {path!r} cannot be read: {e}") from e
     if not texts:
