@@ -86,6 +86,13 @@ BAD_ARGUMENTS = [
     (["profile", "--seq-len", "100000", "--device", "cpu"], "position table"),
     (["profile", "--out", "{FILE}/sub", "--device", "cpu"], "is a file"),
     (["profile", "--device", "tpu"], "device"),
+    (["profile", "--peak-tflops", "-1", "--device", "cpu"], "--peak-tflops must be a positive number"),
+    (["profile", "--peak-gbps", "0", "--device", "cpu"], "--peak-gbps must be a positive number"),
+    (["profile", "--peak-gbps", "nan", "--device", "cpu"], "--peak-gbps must be a positive number"),
+    (["profile", "--model-dir", "{NOWEIGHTS}", "--device", "cpu"], "holds no model weights"),
+    (["bench", "--model-dir", "{NOWEIGHTS}", "--device", "cpu"], "holds no model weights"),
+    (["bench", "--model", "{NOWEIGHTS}", "--device", "cpu"], "holds no model weights"),
+    (["profile", "--model", "{NOWEIGHTS}", "--device", "cpu"], "holds no model weights"),
     # prune
     (["prune", P], "required: --sparsity"),
     (["prune", "/no/such/dir", "--sparsity", "0.5"], "not a directory"),

@@ -26,7 +26,7 @@ import torch
 from fastbert.bench import measure, profile, report, sweep, texts
 from fastbert.bench.user_model import profile_batch, read_texts, resolve_user_model, runner_class
 from fastbert.bench.variants import BASELINES, COMPILED, DEFAULT_VARIANTS, VARIANTS
-from fastbert.cli_args import checkpoint_dir, output_dir, positive_ints, resolve_device
+from fastbert.cli_args import checkpoint_config, checkpoint_weights, output_dir, positive_ints, positive_number, resolve_device
 from fastbert.numerics import DTYPES, canonical_dtype
 
 # Per-device defaults. bench: (warm-up calls, max timed calls, seconds per variant);
@@ -204,20 +204,28 @@ def profile_plan(args) -> ProfilePlan:
     if args.model_dir and args.arch:
         raise ValueError("give --arch or --model-dir, not both")
     if args.model_dir:
-        checkpoint_dir(args.model_dir, "--model-dir")
+        checkpoint_config(args.model_dir, "--model-dir")
+        checkpoint_weights(args.model_dir, "--model-dir")
     model = args.model_dir or args.arch or arch
     batch = batch if args.batch is None else args.batch
     seq_len = seq_len if args.seq_len is None else args.seq_len
     dtype = canonical_dtype(args.dtype) if args.dtype else dtype
     positive_ints(batch, "--batch")
     positive_ints(seq_len, "--seq-len")
-    positive_ints(args.steps, "--steps")
-    if args.warmup < 0 or args.top < 1:
-        raise ValueError(f"--warmup must be at least 0 and --top positive, got {args.warmup} and {args.top}")
+    check_profile_counts(args)
     sweep.check_seq_len(model, seq_len)
     out_dir = output_dir(args.out or str(default_out_dir("profile")), "--out")
     variants = ["fastbert"] + (["hf_sdpa"] if args.compare == "hf" else [])
     return ProfilePlan(device, model, batch, seq_len, dtype, variants, out_dir)
+
+
+def check_profile_counts(args) -> None:
+    """ValueError for a non-positive --steps, --top, --peak-tflops or --peak-gbps, or a negative --warmup."""
+    positive_ints(args.steps, "--steps")
+    if args.warmup < 0 or args.top < 1:
+        raise ValueError(f"--warmup must be at least 0 and --top positive, got {args.warmup} and {args.top}")
+    positive_number(args.peak_tflops, "--peak-tflops")
+    positive_number(args.peak_gbps, "--peak-gbps")
 
 
 def run_profile_command(args) -> int:
@@ -274,9 +282,7 @@ def _user_profile_plan(args, device: str, default_batch: int, default_dtype: str
     _refuse_with_model(args, {"arch": "--arch", "model_dir": "--model-dir", "seq_len": "--seq-len"})
     batch = default_batch if args.batch is None else args.batch
     positive_ints(batch, "--batch")
-    positive_ints(args.steps, "--steps")
-    if args.warmup < 0 or args.top < 1:
-        raise ValueError(f"--warmup must be at least 0 and --top positive, got {args.warmup} and {args.top}")
+    check_profile_counts(args)
     dtype = canonical_dtype(args.dtype) if args.dtype else default_dtype
     user = resolve_user_model(args.model)
     text_list, _ = read_texts(args.texts)

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 import fastbert
-from fastbert.cli_args import checkpoint_config, checkpoint_dir, load_checkpoint, one_line, quiet_transformers
+from fastbert.cli_args import (checkpoint_config, checkpoint_dir, checkpoint_weights, load_checkpoint, one_line,
+                               quiet_transformers)
 from fastbert.data import corpus, read_text_lines
 from fastbert.models import max_sequence_length
 
@@ -55,6 +56,7 @@ def resolve_user_model(path: str, flag: str = "--model") -> UserModel:
         raise ValueError(f"{flag} {path!r} holds neither a Hugging Face checkpoint (config.json) nor a "
                          "sentence-transformers model (modules.json)")
     config = checkpoint_config(str(hf_dir), flag)
+    checkpoint_weights(hf_dir, flag)
     positions = max_sequence_length(config)  # TypeError/ValueError for families fastbert does not run
     return UserModel(str(path), kind, hf_dir, min(limit or positions, positions))
 
