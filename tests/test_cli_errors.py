@@ -79,6 +79,7 @@ BAD_ARGUMENTS = [
     (["profile", "--seq-len", "0", "--device", "cpu"], "--seq-len"),
     (["profile", "--batch", "0", "--device", "cpu"], "--batch"),
     (["profile", "--steps", "0", "--device", "cpu"], "--steps"),
+    (["profile", "--repeats", "0", "--device", "cpu"], "--repeats"),
     (["profile", "--model-dir", "/nonexistent", "--device", "cpu"], "not a directory"),
     (["profile", "--arch", "nope", "--device", "cpu"], "unknown arch"),
     (["profile", "--arch", "bert-tiny", "--model-dir", P, "--device", "cpu"], "not both"),

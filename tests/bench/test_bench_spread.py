@@ -4,6 +4,8 @@ whose two variants' ranges overlap as unreliable ('?'), with a warning line: the
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -114,3 +116,25 @@ def test_a_long_configuration_reports_its_stages(tmp_path, monkeypatch, capsys):
         for name in variants:
             assert f"{name} built" in err and "warmed up" in err.split(f"{name} built", 1)[1], err
         assert "timed round 1/2" in err, err
+
+
+def test_profile_compare_times_interleaved_forwards_and_prints_their_spread(tmp_path, capsys):
+    from fastbert.cli import main
+
+    code = main(["profile", "--arch", "bert-tiny", "--batch", "2", "--seq-len", "16", "--device", "cpu", "--steps", "1",
+                 "--warmup", "1", "--repeats", "4", "--compare", "hf", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    timed = json.loads((tmp_path / "profile.json").read_text())["timed"]
+    lines = printed.split("outside the profiler: 4 interleaved forwards of each", 1)[1].splitlines()
+    for name in ("fastbert", "hf_sdpa"):
+        t = timed[name]
+        assert t["repeats"] == 4 and t["min_ms"] <= t["median_ms"] <= t["p90_ms"]
+        assert f"{name:<10} {t['median_ms']:>10.3f} {t['min_ms']:>10.3f} {t['p90_ms']:>10.3f}" in lines
+    ratio = timed["ratio"]
+    assert ratio["median"] == pytest.approx(timed["hf_sdpa"]["median_ms"] / timed["fastbert"]["median_ms"])
+    assert ratio["min"] == pytest.approx(timed["hf_sdpa"]["min_ms"] / timed["fastbert"]["min_ms"])
+    assert ratio["reliable"] == (not measure.ranges_overlap(timed["fastbert"]["min_ms"], timed["fastbert"]["p90_ms"],
+                                                            timed["hf_sdpa"]["min_ms"], timed["hf_sdpa"]["p90_ms"]))
+    assert f"hf_sdpa/fastbert: {ratio['median']:.2f}x (medians), {ratio['min']:.2f}x (minima)" in printed
+    assert ("unreliable" in printed) == (not ratio["reliable"])
