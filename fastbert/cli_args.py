@@ -75,15 +75,16 @@ def positive_number(value: float | None, flag: str) -> None:
         raise ValueError(f"{flag} must be a positive number, got {value:g}")
 
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
 """The files a ``save_pretrained`` folder holds its weights in (one of them)."""
 
 
-def checkpoint_weights(path: str | Path, flag: str, shown: str | None = None) -> None:
+def checkpoint_weights(path: str | Path, flag: str) -> None:
     """ValueError unless the checkpoint folder ``path`` holds weights (one of :data:`WEIGHT_FILES`):
     without them a model would load with random weights, or fail only after a run began."""
     if not any((Path(path) / name).is_file() for name in WEIGHT_FILES):
-        raise ValueError(f"{flag} {shown or str(path)!r} holds no model weights ({' or '.join(WEIGHT_FILES[::2])})")
+        raise ValueError(f"{flag} {str(path)!r} holds no model weights ({' or '.join(WEIGHT_FILES[::2])})")
 
 
 def resolve_device(requested: str | None) -> str:

@@ -45,8 +45,8 @@ sys.exit(code)
 """
 
 
-@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["check", "--help"], ["prune", "--help"], ["bench", "--help"],
-                                  ["profile", "--help"], ["compile-check", "--help"]], ids=" ".join)
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["check", "--help"], ["prune", "--help"],
+                                  ["bench", "--help"], ["profile", "--help"], ["compile-check", "--help"]], ids=" ".join)
 def test_help_and_version_import_neither_torch_nor_transformers(argv):
     out = subprocess.run([sys.executable, "-c", _NO_HEAVY_IMPORTS, *argv], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -26,7 +26,8 @@ import torch
 from fastbert.bench import measure, profile, report, sweep, texts
 from fastbert.bench.user_model import profile_batch, read_texts, resolve_user_model, runner_class
 from fastbert.bench.variants import BASELINES, COMPILED, DEFAULT_VARIANTS, VARIANTS
-from fastbert.cli_args import checkpoint_config, checkpoint_weights, output_dir, positive_ints, positive_number, resolve_device
+from fastbert.cli_args import (checkpoint_config, checkpoint_weights, output_dir, positive_ints, positive_number,
+                               resolve_device)
 from fastbert.numerics import DTYPES, canonical_dtype
 
 # Per-device defaults. bench: (warm-up calls, max timed calls, seconds per variant);

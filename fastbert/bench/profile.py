@@ -305,8 +305,8 @@ def format_timed(wall: dict[str, dict]) -> str:
     lines += [f"{n:<10} {w['median_ms']:>10.3f} {w['min_ms']:>10.3f} {w['p90_ms']:>10.3f}" for n, w in wall.items()]
     ratio = timed_ratio(wall)
     if ratio is not None:
-        verdict = ("" if ratio["reliable"] else f" {UNRELIABLE} unreliable: the two ranges (fastest to 90th percentile) "
-                   "overlap; rerun with more --repeats on a quieter machine")
+        verdict = "" if ratio["reliable"] else (f" {UNRELIABLE} unreliable: the two ranges (fastest to 90th "
+                                                "percentile) overlap; rerun with more --repeats on a quieter machine")
         lines.append(f"{ratio['of']}: {ratio['median']:.2f}x (medians), {ratio['min']:.2f}x (minima){verdict}")
     return "\n".join(lines)
 

@@ -191,7 +191,8 @@ def _fill_entry(entry: dict, seconds: dict, outputs: dict, failed: dict) -> None
     if all(v["status"] == "ok" for v in variants.values()):
         plain, fast = variants["plain"], variants["fastbert"]
         entry["speedup"] = plain["min_s"] / fast["min_s"]
-        entry["speedup_reliable"] = not measure.ranges_overlap(plain["min_s"], plain["p90_s"], fast["min_s"], fast["p90_s"])
+        overlap = measure.ranges_overlap(plain["min_s"], plain["p90_s"], fast["min_s"], fast["p90_s"])
+        entry["speedup_reliable"] = not overlap
         entry["max_abs_diff"], entry["min_cosine"] = agreement(outputs["fastbert"], outputs["plain"])
 
 

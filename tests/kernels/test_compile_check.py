@@ -119,7 +119,7 @@ def test_matmul_kernels_are_not_built_for_sm75(tmp_path, capsys):
 def test_arch_option_and_unknown_kernel(tmp_path):
     rc, report = _run_gate(tmp_path, "--kernel", "gate_selftest", "--arch", "sm_80")
     assert {r["arch"] for r in report["rows"]} == {"sm_80"} and len(report["rows"]) == 4
-    assert compile_check.main(["--kernel", "no-such-kernel"]) == 2  # a bad argument (tests/kernels/test_compile_check_args.py)
+    assert compile_check.main(["--kernel", "no-such-kernel"]) == 2  # a bad argument: test_compile_check_args.py
     for bad in ("sm_70", "95", "hopper"):
         with pytest.raises(SystemExit):
             compile_check.main(["--arch", bad])
