@@ -73,6 +73,12 @@ def test_check_arch_fp16(arch, capsys):
     assert main(["check", "--arch", arch, "--dtype", "float16", "--batch", "3", "--seq-len", "16"]) == 0
 
 
+def test_check_says_on_stderr_when_the_models_run(capsys):
+    assert main(["check", "--arch", "bert-tiny", "--batch", "2", "--seq-len", "8", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["fastbert check: running HF in float64 and fastbert in float32 on cpu, batch 2 x seq 8"]
+
+
 def test_check_fails_when_fastbert_is_wrong(monkeypatch, capsys):
     """The verdict must be able to fail: perturb one op and the check exits 1."""
     from fastbert.ops import dispatch
