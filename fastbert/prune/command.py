@@ -15,7 +15,6 @@ from pathlib import Path
 
 import fastbert
 from fastbert.cli_args import checkpoint_config, checkpoint_dir, load_checkpoint, output_dir, quiet_transformers
-from fastbert.data import read_text_lines
 from fastbert.pretrained import task_model_class
 from fastbert.prune.checks import CALIBRATED, check_options, default_scope
 from fastbert.prune.roles import check_role_sparsity, parse_sparsity
@@ -53,6 +52,8 @@ def read_calibration_texts(path: str | None, method: str) -> list[str] | None:
         return None
     if path is None:
         raise ValueError(f"--method {method} needs --calibration FILE (one text per line)")
+    from fastbert.data import read_text_lines
+
     try:
         texts = read_text_lines(path)
     except (OSError, UnicodeDecodeError) as e:
