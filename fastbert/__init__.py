@@ -13,6 +13,7 @@ line's ``--help`` / ``--version`` do not import torch and transformers.
 """
 
 import importlib
+import importlib.util
 import types
 
 __version__ = "0.1.0"
@@ -35,14 +36,15 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    """Import an exported name on first use (``fastbert.prune`` is the callable subpackage)."""
-    if name == "prune":
-        return importlib.import_module("fastbert.prune")
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'fastbert' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+    """Import an exported name, or a subpackage (``fastbert.ops``, ``fastbert.prune``: the callable
+    one), on first use."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")  # the import sets it as an attribute
+    raise AttributeError(f"module 'fastbert' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
