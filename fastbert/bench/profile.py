@@ -13,6 +13,9 @@ device's peaks (tables, a roofline PNG, the JSON document).
   (:func:`forward_costs` gives the formulas).
 - Peaks: dense tensor-core rates and HBM bandwidth from NVIDIA's datasheets (:data:`_TABLE`),
   or given on the command line; unknown on the CPU.
+- Timed forwards (:func:`timed_forwards`): the few profiled forwards cannot show how much a
+  shared machine disturbed them, so every variant is also timed outside the profiler,
+  interleaved, with its median, fastest and 90th percentile and the ratio's reliability.
 """
 
 from __future__ import annotations
