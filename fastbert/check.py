@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 
@@ -92,8 +94,10 @@ def run_check(
     batch: int = 8,
     seq_len: int = 64,
     seed: int = 0,
+    progress: Callable[[str], None] | None = None,
 ) -> CheckReport:
-    """Compare fastbert against HF on a local checkpoint (``model_dir``) or a named ``arch``."""
+    """Compare fastbert against HF on a local checkpoint (``model_dir``) or a named ``arch``;
+    ``progress`` (e.g. print to stderr) hears when the arguments are checked and the models run."""
     if (model_dir is None) == (arch is None):
         raise ValueError("give exactly one of model_dir (a local HF checkpoint) and arch (e.g. 'bert-base')")
     if dtype not in DTYPES:
@@ -114,6 +118,9 @@ def run_check(
 
     inputs, description = make_inputs(hf, model_dir, batch, seq_len, seed)
     ref_dtype = reference_dtype(device)
+    if progress is not None:
+        progress(f"running HF in {str(ref_dtype).replace('torch.', '')} and fastbert in {dtype} on {device}, "
+                 f"batch {batch} x seq {seq_len}")
     reference = copy.deepcopy(hf).to(device=device, dtype=ref_dtype)
     candidate = fastbert.optimize(copy.deepcopy(hf).to(device=device, dtype=torch_dtype))
     inputs = {k: v.to(device) for k, v in inputs.items()}
@@ -168,7 +175,8 @@ def run_check_command(args) -> int:
     if (args.model_dir is None) == (args.arch is None):
         raise ValueError("give a MODEL_DIR or --arch NAME (not both)")
     json_path = output_file(args.json, "--json") if args.json else None  # before the check runs
-    report = run_check(args.model_dir, args.arch, args.dtype, args.device, args.batch, args.seq_len, args.seed)
+    report = run_check(args.model_dir, args.arch, args.dtype, args.device, args.batch, args.seq_len, args.seed,
+                       progress=lambda line: print(f"fastbert check: {line}", file=sys.stderr, flush=True))
     print(format_report(report))
     if json_path is not None:
         json_path.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")

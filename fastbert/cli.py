@@ -126,6 +126,8 @@ def _profile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="fp32 fp16 bf16 (default: fp16 on a GPU, fp32 on the CPU)")
     p.add_argument("--compare", choices=["hf"], help="also profile the HF SDPA model and compare")
     p.add_argument("--steps", type=int, default=3, help="profiled forwards (after warm-up; default 3)")
+    p.add_argument("--repeats", type=int, help="forwards of each variant timed outside the profiler, interleaved, for "
+                   "the median, fastest and 90th percentile and their ratio (default GPU 30, CPU 10)")
     p.add_argument("--warmup", type=int, default=2, help="warm-up forwards before profiling (default 2)")
     p.add_argument("--top", type=int, default=25, help="rows of the per-kernel table (default 25)")
     p.add_argument("--peak-tflops", type=float, help="peak matmul TFLOP/s to compare against (overrides the table)")

@@ -8,6 +8,7 @@ starts; the command line turns that into exit code 2.
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import torch
@@ -66,6 +67,24 @@ def positive_ints(values, flag: str) -> None:
     for v in [values] if isinstance(values, int) else values or ():
         if v < 1:
             raise ValueError(f"{flag} must be positive, got {v}")
+
+
+def positive_number(value: float | None, flag: str) -> None:
+    """ValueError unless ``value`` is None or a finite number above 0."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{flag} must be a positive number, got {value:g}")
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
+"""The files a ``save_pretrained`` folder holds its weights in (one of them)."""
+
+
+def checkpoint_weights(path: str | Path, flag: str) -> None:
+    """ValueError unless the checkpoint folder ``path`` holds weights (one of :data:`WEIGHT_FILES`):
+    without them a model would load with random weights, or fail only after a run began."""
+    if not any((Path(path) / name).is_file() for name in WEIGHT_FILES):
+        raise ValueError(f"{flag} {str(path)!r} holds no model weights ({' or '.join(WEIGHT_FILES[::2])})")
 
 
 def resolve_device(requested: str | None) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 
 def _bert(layers, hidden, heads, inter):
     from transformers import BertConfig
@@ -43,6 +41,7 @@ def hf_config(arch: str):
 
 def random_hf_model(arch: str, seed: int = 0):
     """An HF base model of a named architecture with seeded random weights, in eval mode."""
+    import torch
     from transformers import AutoModel
 
     torch.manual_seed(seed)

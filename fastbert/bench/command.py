@@ -26,7 +26,8 @@ import torch
 from fastbert.bench import measure, profile, report, sweep, texts
 from fastbert.bench.user_model import profile_batch, read_texts, resolve_user_model, runner_class
 from fastbert.bench.variants import BASELINES, COMPILED, DEFAULT_VARIANTS, VARIANTS
-from fastbert.cli_args import checkpoint_dir, output_dir, positive_ints, resolve_device
+from fastbert.cli_args import (checkpoint_config, checkpoint_weights, output_dir, positive_ints, positive_number,
+                               resolve_device)
 from fastbert.numerics import DTYPES, canonical_dtype
 
 # Per-device defaults. bench: (warm-up calls, max timed calls, seconds per variant);
@@ -192,6 +193,7 @@ class ProfilePlan:
     variants: list[str]
     out_dir: Path
     feed: dict[str, torch.Tensor] | None = None  # --model: one tokenized batch of the user's texts (CPU)
+    repeats: int = 10  # timed forwards of each variant outside the profiler
 
 
 def profile_plan(args) -> ProfilePlan:
@@ -204,20 +206,34 @@ def profile_plan(args) -> ProfilePlan:
     if args.model_dir and args.arch:
         raise ValueError("give --arch or --model-dir, not both")
     if args.model_dir:
-        checkpoint_dir(args.model_dir, "--model-dir")
+        checkpoint_config(args.model_dir, "--model-dir")
+        checkpoint_weights(args.model_dir, "--model-dir")
     model = args.model_dir or args.arch or arch
     batch = batch if args.batch is None else args.batch
     seq_len = seq_len if args.seq_len is None else args.seq_len
     dtype = canonical_dtype(args.dtype) if args.dtype else dtype
     positive_ints(batch, "--batch")
     positive_ints(seq_len, "--seq-len")
-    positive_ints(args.steps, "--steps")
-    if args.warmup < 0 or args.top < 1:
-        raise ValueError(f"--warmup must be at least 0 and --top positive, got {args.warmup} and {args.top}")
+    check_profile_counts(args)
     sweep.check_seq_len(model, seq_len)
     out_dir = output_dir(args.out or str(default_out_dir("profile")), "--out")
     variants = ["fastbert"] + (["hf_sdpa"] if args.compare == "hf" else [])
-    return ProfilePlan(device, model, batch, seq_len, dtype, variants, out_dir)
+    return ProfilePlan(device, model, batch, seq_len, dtype, variants, out_dir, repeats=profile_repeats(args, device))
+
+
+def profile_repeats(args, device: str) -> int:
+    """``--repeats`` of ``fastbert profile`` (default: the bench's most timed calls on this device)."""
+    return MEASURE_DEFAULTS[device_type(device)][1] if args.repeats is None else args.repeats
+
+
+def check_profile_counts(args) -> None:
+    """ValueError for a non-positive --steps, --top, --repeats, --peak-tflops or --peak-gbps, or a negative --warmup."""
+    positive_ints(args.steps, "--steps")
+    positive_ints(args.repeats, "--repeats")
+    if args.warmup < 0 or args.top < 1:
+        raise ValueError(f"--warmup must be at least 0 and --top positive, got {args.warmup} and {args.top}")
+    positive_number(args.peak_tflops, "--peak-tflops")
+    positive_number(args.peak_gbps, "--peak-gbps")
 
 
 def run_profile_command(args) -> int:
@@ -238,9 +254,9 @@ def run_profile_command(args) -> int:
 
     where = meta.get("gpu_name") or f"CPU ({meta.get('cpu_name')}), not a GPU result"
     print(f"fastbert profile: {plan.model}, batch {plan.batch} x seq {plan.seq_len}, {dtype}, on {where}")
-    results, summaries = {}, {}
+    results, summaries, models = {}, {}, {}
     for name in plan.variants:
-        model = VARIANTS[name].build(base, DTYPES[dtype], torch.device(device))
+        models[name] = model = VARIANTS[name].build(base, DTYPES[dtype], torch.device(device))
         trace = out_dir / f"trace-{name}.json"
         result = profile.profile_model(model, feed, device, args.warmup, args.steps, trace)
         results[name] = result
@@ -249,17 +265,23 @@ def run_profile_command(args) -> int:
         print(profile.format_rows(result, args.top))
         print(f"\n== {name}: per class, counted work per forward (see fastbert/bench/profile.py, forward_costs)")
         print(profile.format_classes(summaries[name], peak_note))
-        del model
     if len(plan.variants) > 1:
-        print("\n== where the time went, per forward")
+        print(f"\n== where the time went, per forward (profiled: {args.steps} forward(s) each; the timed ratio below "
+              "says how far to trust it)")
         print(profile.format_side_by_side(summaries))
+    print(f"\n== wall time per forward outside the profiler: {plan.repeats} interleaved forwards of each, after "
+          f"{max(args.warmup, 1)} warm-up")
+    timed = profile.timed_forwards(models, feed, device, max(args.warmup, 1), plan.repeats)
+    print(profile.format_timed(timed))
+    timed["ratio"] = profile.timed_ratio({n: timed[n] for n in plan.variants})
+    del models
 
     title = f"{plan.model} b={plan.batch} s={plan.seq_len} {dtype} — {where}"
     png = profile.write_roofline(summaries, peak_tflops, peak_gbps, title, out_dir / "roofline.png")
     config = {"model": plan.model, "batch": plan.batch, "seq_len": plan.seq_len, "dtype": dtype, "device": device,
-              "warmup": args.warmup, "steps": args.steps}
+              "warmup": args.warmup, "steps": args.steps, "repeats": plan.repeats}
     peak = {"tflops": peak_tflops, "gbps": peak_gbps, "source": peak_note}
-    doc = profile.profile_document(meta, config, peak, costs, results, summaries)
+    doc = profile.profile_document(meta, config, peak, costs, results, summaries, timed)
     (out_dir / "profile.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
     print(f"\nwrote {out_dir / 'profile.json'}, traces, "
           + (f"{png.name}" if png else "no roofline (matplotlib is not installed)"))
@@ -274,9 +296,7 @@ def _user_profile_plan(args, device: str, default_batch: int, default_dtype: str
     _refuse_with_model(args, {"arch": "--arch", "model_dir": "--model-dir", "seq_len": "--seq-len"})
     batch = default_batch if args.batch is None else args.batch
     positive_ints(batch, "--batch")
-    positive_ints(args.steps, "--steps")
-    if args.warmup < 0 or args.top < 1:
-        raise ValueError(f"--warmup must be at least 0 and --top positive, got {args.warmup} and {args.top}")
+    check_profile_counts(args)
     dtype = canonical_dtype(args.dtype) if args.dtype else default_dtype
     user = resolve_user_model(args.model)
     text_list, _ = read_texts(args.texts)
@@ -284,7 +304,8 @@ def _user_profile_plan(args, device: str, default_batch: int, default_dtype: str
     out_dir = output_dir(args.out or str(default_out_dir("profile")), "--out")
     variants = ["fastbert"] + (["hf_sdpa"] if args.compare == "hf" else [])
     batch, seq_len = feed["input_ids"].shape
-    return ProfilePlan(device, str(user.hf_dir), batch, seq_len, dtype, variants, out_dir, feed)
+    return ProfilePlan(device, str(user.hf_dir), batch, seq_len, dtype, variants, out_dir, feed,
+                       profile_repeats(args, device))
 
 
 # ---------------------------------------------------------------------------

@@ -121,8 +121,10 @@ def timer_name(device) -> str:
     return GPU_TIMER if torch.device(device).type == "cuda" else CPU_TIMER
 
 
-def interleaved(fns: dict[str, Callable], counts: dict[str, int], device) -> tuple[dict, dict, dict]:
-    """Time ``counts[name]`` calls of each ``fns[name]``, one call of each in turn per round.
+def interleaved(fns: dict[str, Callable], counts: dict[str, int], device,
+                on_round: Callable[[int, int], None] | None = None) -> tuple[dict, dict, dict]:
+    """Time ``counts[name]`` calls of each ``fns[name]``, one call of each in turn per round
+    (``on_round(rounds done, rounds)`` after each, e.g. for progress lines).
 
     Returns ``(seconds per call, last output, exception)`` dicts keyed by name; a function
     that raises is dropped from later rounds and appears only in the exception dict.
@@ -134,7 +136,10 @@ def interleaved(fns: dict[str, Callable], counts: dict[str, int], device) -> tup
     flush = l2_flush_buffer(device) if on_gpu else None
     pending = {n: [] for n in fns}  # CPU: seconds; GPU: event pairs
     outputs, failed = {}, {}
-    for round_index in range(max(counts.values(), default=0)):
+    rounds = max(counts.values(), default=0)
+    for round_index in range(rounds):
+        if on_round is not None and round_index:
+            on_round(round_index, rounds)
         for name, fn in fns.items():
             if name in failed or round_index >= counts[name]:
                 continue
@@ -253,6 +258,32 @@ def release_memory(device) -> None:
 # One configuration
 # ---------------------------------------------------------------------------
 
+PROGRESS_EVERY_S = 5.0
+"""Seconds of silence after which a configuration still being measured prints what it is doing."""
+
+
+class StageProgress:
+    """Progress lines from inside one configuration (building and warming up each variant,
+    timed rounds), through ``opts.progress`` (default: stderr): a stage is reported only once
+    :data:`PROGRESS_EVERY_S` seconds have passed since the configuration began or since the
+    last line, so quick configurations print nothing extra."""
+
+    def __init__(self, label: str, opts: "BenchOptions"):
+        self.label, self.report = label, opts.progress or _progress_to_stderr
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, what: str) -> None:
+        """Report ``what`` (e.g. "hf_eager warmed up") if the last line is old enough."""
+        now = time.perf_counter()
+        if now - self.last >= PROGRESS_EVERY_S:
+            self.report(f"  {self.label}: {what} ({now - self.start:.0f} s into this configuration)")
+            self.last = now
+
+    def rounds(self, done: int, total: int) -> None:
+        """:func:`interleaved`'s ``on_round``."""
+        self(f"timed round {done}/{total}")
+
+
 
 @dataclass
 class BenchOptions:
@@ -308,11 +339,14 @@ def _prepare(name: str, module, feed: dict, opts: BenchOptions) -> _Prepared:
     return prepare_call(lambda: variant.make_forward(module, feed), module, opts, variant.baseline)
 
 
-def measure_config(modules: dict, feed: dict, ref_out, tokens, opts: BenchOptions) -> dict[str, dict]:
+def measure_config(modules: dict, feed: dict, ref_out, tokens, opts: BenchOptions,
+                   progress: StageProgress | None = None) -> dict[str, dict]:
     """Time every variant on one batch, interleaved; record each one's numeric error against
     the reference. ``modules`` maps variant name to its module, or to the exception its
-    build raised. Failures are recorded per variant, never raised."""
+    build raised. Failures are recorded per variant, never raised. A configuration that
+    takes long reports its stages through ``progress`` (:class:`StageProgress`)."""
     results, prepared = {}, {}
+    progress = progress or StageProgress("", opts)
     for name, module in modules.items():
         if isinstance(module, Exception):
             results[name] = variant_result(failure_status(module), f"building the variant: {failure_message(module)}")
@@ -322,9 +356,11 @@ def measure_config(modules: dict, feed: dict, ref_out, tokens, opts: BenchOption
         except Exception as exc:  # one variant failing must not stop the sweep
             results[name] = variant_result(failure_status(exc), failure_message(exc))
             release_memory(opts.device)
+        progress(f"{name} warmed up")
     counts = {n: repeat_count(p.warm.estimate_s, opts.repeats, opts.max_seconds_per_variant) for n, p in prepared.items()}
     with torch.no_grad():
-        times, outputs, failed = interleaved({n: p.forward for n, p in prepared.items()}, counts, opts.device)
+        times, outputs, failed = interleaved({n: p.forward for n, p in prepared.items()}, counts, opts.device,
+                                             progress.rounds)
     for name, exc in failed.items():
         results[name] = variant_result(failure_status(exc), failure_message(exc))
     for name, seconds in times.items():
@@ -359,6 +395,22 @@ def _backends(calls: list[tuple[str, str]]) -> str:
     for op, backend in calls:
         chosen.setdefault(op, set()).add(backend)
     return ";".join(f"{op}={'+'.join(sorted(b))}" for op, b in sorted(chosen.items()))
+
+
+def ranges_overlap(a_low: float, a_high: float, b_low: float, b_high: float) -> bool:
+    """Whether the timing ranges ``[a_low, a_high]`` and ``[b_low, b_high]`` (fastest call to 90th
+    percentile) overlap: then which variant is faster depends on which calls one looks at, and
+    their ratio is not a reliable result (the rule the tables' ``?`` marks)."""
+    return a_low <= b_high and b_low <= a_high
+
+
+def reliable_speedups(variants: dict[str, dict]) -> dict[str, dict[str, bool]]:
+    """``{fastbert variant: {baseline: reliable}}`` for the pairs :func:`speedups` gives: a ratio
+    is reliable when the two variants' ``[min_ms, p90_ms]`` ranges do not overlap."""
+    ok = {n: r for n, r in variants.items() if r["status"] == "ok"}
+    return {fb: {base: not ranges_overlap(ok[fb]["min_ms"], ok[fb]["p90_ms"], ok[base]["min_ms"], ok[base]["p90_ms"])
+                 for base in ok if base in BASELINES}
+            for fb in ok if fb not in BASELINES}
 
 
 def speedups(variants: dict[str, dict], key: str = "median_ms") -> dict[str, dict[str, float]]:
@@ -419,7 +471,7 @@ def config_entry(cfg: BenchConfig, tokens, reference: str, variants: dict) -> di
     return {
         "config": cfg.to_dict(), "label": cfg.label(), "real_tokens": real, "padded_tokens": padded,
         "padding_fraction": 1.0 - real / padded if padded else 0.0, "reference": reference,
-        "variants": variants, "speedup": speedups(variants),
+        "variants": variants, "speedup": speedups(variants), "speedup_reliable": reliable_speedups(variants),
     }
 
 
@@ -427,7 +479,8 @@ def progress_line(index: int, total: int, elapsed: float, entry: dict) -> str:
     """``[i/n elapsed] label: variant ms | ...`` for the progress printed after each configuration."""
     parts = []
     for name, r in entry["variants"].items():
-        parts.append(f"{name} {r['median_ms']:.3g} ms" if r["status"] == "ok" else f"{name} {r['status']}")
+        parts.append(f"{name} {r['median_ms']:.3g} ms ({r['min_ms']:.3g}-{r['p90_ms']:.3g})" if r["status"] == "ok"
+                     else f"{name} {r['status']}")
     if entry["variants"] and all(r["status"] == "skipped" for r in entry["variants"].values()):
         parts = [next(iter(entry["variants"].values()))["error"]]
     return f"[{index}/{total} {elapsed:6.1f}s] {entry['label']}: " + " | ".join(parts)
@@ -490,8 +543,13 @@ def run_sweep(configs: list[BenchConfig], opts: BenchOptions) -> list[dict]:
                     continue
                 if ref_out is None:
                     ref_out = _reference_output(ref_model, feed)
-                modules = {name: models.get(name, cfg.dtype) for name in opts.variants}
-                log.record(config_entry(cfg, tokens, reference, measure_config(modules, feed, ref_out, tokens, opts)))
+                progress = StageProgress(cfg.label(), opts)
+                modules = {}
+                for name in opts.variants:
+                    modules[name] = models.get(name, cfg.dtype)
+                    progress(f"{name} built")
+                results = measure_config(modules, feed, ref_out, tokens, opts, progress)
+                log.record(config_entry(cfg, tokens, reference, results))
         del models, ref_model, base
         if "hf_compile" in opts.variants:
             torch._dynamo.reset()  # drop this model's compiled graphs

@@ -13,6 +13,9 @@ device's peaks (tables, a roofline PNG, the JSON document).
   (:func:`forward_costs` gives the formulas).
 - Peaks: dense tensor-core rates and HBM bandwidth from NVIDIA's datasheets (:data:`_TABLE`),
   or given on the command line; unknown on the CPU.
+- Timed forwards (:func:`timed_forwards`): the few profiled forwards cannot show how much a
+  shared machine disturbed them, so every variant is also timed outside the profiler,
+  interleaved, with its median, fastest and 90th percentile and the ratio's reliability.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from fastbert.bench.report import pyplot
+from fastbert.bench import measure
+from fastbert.bench.report import UNRELIABLE, pyplot
 
 
 # ---------------------------------------------------------------------------
@@ -271,6 +275,45 @@ def profile_model(model, feed: dict, device, warmup: int, steps: int, trace_path
     return result
 
 
+def timed_forwards(models: dict, feed: dict, device, warmup: int, repeats: int) -> dict[str, dict]:
+    """Wall time of ``repeats`` forwards of each model outside the profiler, interleaved (one
+    forward of each in turn, as ``fastbert bench`` times), after ``warmup`` each:
+    ``{name: {"median_ms", "min_ms", "p90_ms", "repeats"}}``. A few profiled forwards cannot
+    say how much a shared machine disturbed them; these show it."""
+    calls = {name: (lambda m=model: m(**feed)) for name, model in models.items()}
+    with torch.no_grad():
+        for call in calls.values():
+            measure.warm_up(call, device, warmup)
+        times, _, failed = measure.interleaved(calls, dict.fromkeys(calls, repeats), device)
+    if failed:
+        raise next(iter(failed.values()))
+    timings = {n: measure.summarize(t, 0.0, measure.timer_name(device)) for n, t in times.items()}
+    return {n: {"median_ms": t.median_s * 1e3, "min_ms": t.min_s * 1e3, "p90_ms": t.p90_s * 1e3, "repeats": t.repeats,
+                "timer": t.timer} for n, t in timings.items()}
+
+
+def timed_ratio(wall: dict[str, dict]) -> dict | None:
+    """With two timed models (fastbert first): the second's time over the first's, from medians
+    and from minima, and whether it is reliable (their [min, p90] ranges do not overlap)."""
+    if len(wall) != 2:
+        return None
+    (fb, f), (other, o) = wall.items()
+    return {"of": f"{other}/{fb}", "median": o["median_ms"] / f["median_ms"], "min": o["min_ms"] / f["min_ms"],
+            "reliable": not measure.ranges_overlap(f["min_ms"], f["p90_ms"], o["min_ms"], o["p90_ms"])}
+
+
+def format_timed(wall: dict[str, dict]) -> str:
+    """The timed forwards: median, fastest and 90th percentile per model, and their ratio."""
+    lines = [f"{'variant':<10} {'median ms':>10} {'min ms':>10} {'p90 ms':>10}"]
+    lines += [f"{n:<10} {w['median_ms']:>10.3f} {w['min_ms']:>10.3f} {w['p90_ms']:>10.3f}" for n, w in wall.items()]
+    ratio = timed_ratio(wall)
+    if ratio is not None:
+        verdict = "" if ratio["reliable"] else (f" {UNRELIABLE} unreliable: the two ranges (fastest to 90th "
+                                                "percentile) overlap; rerun with more --repeats on a quieter machine")
+        lines.append(f"{ratio['of']}: {ratio['median']:.2f}x (medians), {ratio['min']:.2f}x (minima){verdict}")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------
 # Tables and the roofline
 # ---------------------------------------------------------------------------
@@ -423,10 +466,11 @@ def write_roofline(summaries: dict, peak_tflops, peak_gbps, title: str, path: Pa
 
 
 def profile_document(meta: dict, config: dict, peak: dict, costs: dict[str, Cost], results: dict[str, ProfileResult],
-                     summaries: dict[str, list[ClassRow]]) -> dict:
-    """The JSON document of one ``fastbert profile`` run (schema ``fastbert-profile/1``)."""
+                     summaries: dict[str, list[ClassRow]], timed: dict | None = None) -> dict:
+    """The JSON document of one ``fastbert profile`` run (schema ``fastbert-profile/1``; ``timed``:
+    :func:`timed_forwards`, with ``"ratio"``: :func:`timed_ratio`)."""
     return {
-        "schema": "fastbert-profile/1", "metadata": meta, "config": config, "peak": peak,
+        "schema": "fastbert-profile/1", "metadata": meta, "config": config, "peak": peak, "timed": timed,
         "costs": {k: {"flops": c.flops, "bytes": c.bytes} for k, c in costs.items()},
         "profiles": {n: {"timed": r.timed, "total_us": r.total_us, "steps": r.steps,
                          "rows": [row.to_dict() for row in r.rows],

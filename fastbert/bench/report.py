@@ -17,7 +17,9 @@ JSON schema (``SCHEMA``)::
                                       "peak_memory_bytes", "memory_kind", "rel_error",
                                       "max_abs_error", "backends" (fastbert variants: op=backend
                                       pairs its dispatch chose), "error"}},
-                  "speedup": {fastbert variant: {baseline: baseline median_ms / its median_ms}}}]}
+                  "speedup": {fastbert variant: {baseline: baseline median_ms / its median_ms}},
+                  "speedup_reliable": {fastbert variant: {baseline: false when the two variants'
+                                       [min_ms, p90_ms] ranges overlap}}}]}
 
 The CSV has one row per (configuration, variant) with the same numbers (``CSV_COLUMNS``).
 Plots: one figure pair per (model, dtype), throughput and fastbert's speedup against batch
@@ -57,7 +59,7 @@ VARIANT_COLUMNS = ["status", "median_ms", "p90_ms", "min_ms", "repeats", "first_
 def csv_columns(config_columns: list[str] = CONFIG_COLUMNS, variant_columns: list[str] = VARIANT_COLUMNS) -> list[str]:
     """The CSV header: configuration, token counts, variant, its numbers, speedups."""
     return (config_columns + ["real_tokens", "padded_tokens", "padding_fraction", "variant"] + variant_columns
-            + [f"speedup_vs_{b}" for b in BASELINES])
+            + [f"speedup_vs_{b}" for b in BASELINES] + [f"speedup_reliable_vs_{b}" for b in BASELINES])
 
 
 CSV_COLUMNS = csv_columns()
@@ -72,7 +74,8 @@ def document(metadata: dict, settings: dict, entries: list[dict], wall_time_s: f
 
 def csv_rows(entries: list[dict], config_columns: list[str] = CONFIG_COLUMNS,
              variant_columns: list[str] = VARIANT_COLUMNS) -> list[dict]:
-    """One flat row per (configuration, variant); ``speedup_vs_*`` only on fastbert rows."""
+    """One flat row per (configuration, variant); ``speedup_vs_*`` and ``speedup_reliable_vs_*``
+    only on fastbert rows."""
     rows = []
     for e in entries:
         for name, r in e["variants"].items():
@@ -82,6 +85,8 @@ def csv_rows(entries: list[dict], config_columns: list[str] = CONFIG_COLUMNS,
             row.update({k: r.get(k) for k in variant_columns})
             for base in BASELINES:
                 row[f"speedup_vs_{base}"] = e["speedup"].get(name, {}).get(base)
+            for base in BASELINES:
+                row[f"speedup_reliable_vs_{base}"] = e.get("speedup_reliable", {}).get(name, {}).get(base)
             rows.append(row)
     return rows
 
@@ -111,15 +116,42 @@ def write_csv(entries: list[dict], path: Path, config_columns: list[str] = CONFI
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
 
 
+UNRELIABLE = "?"
+"""Mark after a ratio whose two variants' timing ranges overlap (:func:`fastbert.bench.measure.ranges_overlap`)."""
+SPREAD_RULE = ("'?' after a ratio: unreliable, the two variants' ranges (fastest call to 90th percentile) overlap, "
+               "so which is faster depends on the calls compared")
+
+
+def spread_cell(median: float, low: float, high: float, fmt: str = ".3g") -> str:
+    """``median (low-high)``: a timing with its spread, e.g. ``12.3 (11.9-14.1)``."""
+    return f"{median:{fmt}} ({low:{fmt}}-{high:{fmt}})"
+
+
 def _cell(result: dict) -> str:
     if result["status"] == "ok":
-        return f"{result['median_ms']:.3g}"
+        return spread_cell(result["median_ms"], result["min_ms"], result["p90_ms"])
     return result["status"]
 
 
+def unreliable_count(entries: list[dict]) -> tuple[int, int]:
+    """(ratios marked unreliable, ratios) over ``entries``' ``speedup_reliable``."""
+    flags = [ok for e in entries for per in e.get("speedup_reliable", {}).values() for ok in per.values()]
+    return flags.count(False), len(flags)
+
+
+def noise_warning(entries: list[dict]) -> str | None:
+    """A line saying how many ratios are unreliable (None when none is)."""
+    bad, total = unreliable_count(entries)
+    if not bad:
+        return None
+    return (f"warning: {bad} of {total} ratios are marked '{UNRELIABLE}' (timing ranges overlap): the machine was too "
+            "noisy to tell them apart; rerun with more --repeats on a quieter machine before reading them")
+
+
 def format_table(entries: list[dict], variants: list[str]) -> str:
-    """One row per configuration: median ms per variant, fastbert's speedups over each
-    baseline, fastbert's real tokens/s and relative error."""
+    """One row per configuration: median (min-p90) ms per variant, fastbert's speedups over
+    each baseline (marked unreliable where the two timing ranges overlap), fastbert's real
+    tokens/s and relative error; a warning line when any ratio is unreliable."""
     baselines = [v for v in variants if v in BASELINES]
     fb_variants = [v for v in variants if v not in BASELINES]
     head = ["model", "dtype", "batch", "seq", "pad%"] + [f"{v} ms" for v in variants]
@@ -139,14 +171,19 @@ def format_table(entries: list[dict], variants: list[str]) -> str:
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(x.rjust(w) for x, w in zip(r, widths)) for r in rows]
-    legend = ("seq 'v' = variable-length rows (uniform in [16, seq]); a/b = speedup of a over b = b's median / a's median; "
-              "'fb' = fastbert; tok/s counts real (non-padded) tokens")
-    return "\n".join(lines + ["", legend])
+    legend = ("ms = median (fastest-90th percentile) of the timed calls; seq 'v' = variable-length rows (uniform in "
+              "[16, seq]); a/b = speedup of a over b = b's median / a's median; " + SPREAD_RULE + "; 'fb' = fastbert; "
+              "tok/s counts real (non-padded) tokens")
+    warning = noise_warning(entries)
+    return "\n".join(lines + ["", legend] + ([warning] if warning else []))
 
 
 def _speedup_cell(entry: dict, fb: str, base: str) -> str:
     value = entry["speedup"].get(fb, {}).get(base)
-    return f"{value:.2f}x" if value is not None else "-"
+    if value is None:
+        return "-"
+    reliable = entry.get("speedup_reliable", {}).get(fb, {}).get(base, True)
+    return f"{value:.2f}x" + ("" if reliable else UNRELIABLE)
 
 
 class BenchRecord:

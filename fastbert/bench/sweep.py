@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from fastbert.cli_args import checkpoint_config, checkpoint_dir, load_checkpoint
+from fastbert.cli_args import checkpoint_config, checkpoint_dir, checkpoint_weights, load_checkpoint
 from fastbert.configs import ARCH_NAMES, hf_config, random_hf_model
 from fastbert.models import max_sequence_length
 from fastbert.numerics import canonical_dtype
@@ -91,6 +91,8 @@ def resolve_sweep(device: str, quick: bool, archs, model_dirs, batches, seq_lens
     models = list(dict.fromkeys((archs or []) + (model_dirs or []))) or chosen["models"]
     for d in model_dirs or []:
         checkpoint_dir(d, "--model-dir")
+        checkpoint_config(d, "--model-dir")
+        checkpoint_weights(d, "--model-dir")
     seq_lens = seq_lens or chosen["seq_lens"]
     configs = build_sweep(models, batches or chosen["batches"], seq_lens, dtypes or chosen["dtypes"], varlen=varlen)
     for model in models:  # every model is known and takes every length before anything runs

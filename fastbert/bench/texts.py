@@ -7,7 +7,7 @@ user's code would make them (:mod:`fastbert.bench.user_model`: sentence-transfor
 part of what the user waits for, so they are part of the time. The plain and the fastbert
 pass alternate, round after round (which goes first alternates too), so that the shared
 machine's drifts touch both alike; the figure is the fastest pass of each (the least
-disturbed), with the median beside it. A pass's output is held against the plain one:
+disturbed), with the median and 90th percentile beside it. A pass's output is held against the plain one:
 max abs difference and the smallest cosine between matching rows.
 
 JSON schema (``SCHEMA``, in ``bench.json``; ``bench.csv`` has one row per configuration and
@@ -19,9 +19,10 @@ variant)::
      "wall_time_s", "complete",
      "results": [{"dtype", "batch", "sentences", "real_tokens", "padded_tokens", "padding_fraction",
                   "variants": {"plain"|"fastbert": {"status": "ok"|"error"|"skipped", "min_s",
-                               "median_s", "repeats", "sentences_per_s", "tokens_per_s",
+                               "median_s", "p90_s", "repeats", "sentences_per_s", "tokens_per_s",
                                "median_sentences_per_s", "error"}},
-                  "speedup" (plain's fastest pass / fastbert's), "max_abs_diff", "min_cosine"}]}
+                  "speedup" (plain's fastest pass / fastbert's), "speedup_reliable" (false when the two
+                  variants' [min_s, p90_s] ranges overlap), "max_abs_diff", "min_cosine"}]}
 
 ``sentences_per_s`` and ``tokens_per_s`` (real tokens, after truncation) come from the
 fastest pass.
@@ -46,8 +47,8 @@ from fastbert.numerics import DTYPES
 SCHEMA = "fastbert-bench-texts/1"
 VARIANTS = ("plain", "fastbert")
 CSV_COLUMNS = ["dtype", "batch", "sentences", "real_tokens", "padded_tokens", "padding_fraction", "variant", "status",
-               "min_s", "median_s", "repeats", "sentences_per_s", "tokens_per_s", "median_sentences_per_s",
-               "speedup", "max_abs_diff", "min_cosine", "error"]
+               "min_s", "median_s", "p90_s", "repeats", "sentences_per_s", "tokens_per_s", "median_sentences_per_s",
+               "speedup", "speedup_reliable", "max_abs_diff", "min_cosine", "error"]
 
 
 @dataclass
@@ -68,7 +69,7 @@ class TextBenchPlan:
 
 
 def _variant(status: str, error: str | None = None, **values) -> dict:
-    result = {"status": status, "min_s": None, "median_s": None, "repeats": 0, "sentences_per_s": None,
+    result = {"status": status, "min_s": None, "median_s": None, "p90_s": None, "repeats": 0, "sentences_per_s": None,
               "tokens_per_s": None, "median_sentences_per_s": None, "error": error}
     result.update(values)
     return result
@@ -76,7 +77,8 @@ def _variant(status: str, error: str | None = None, **values) -> dict:
 
 def _timed(seconds: list[float], sentences: int, real_tokens: int) -> dict:
     t = measure.summarize(seconds, 0.0, "")
-    return _variant("ok", min_s=t.min_s, median_s=t.median_s, repeats=t.repeats, sentences_per_s=sentences / t.min_s,
+    return _variant("ok", min_s=t.min_s, median_s=t.median_s, p90_s=t.p90_s, repeats=t.repeats,
+                    sentences_per_s=sentences / t.min_s,
                     tokens_per_s=real_tokens / t.min_s, median_sentences_per_s=sentences / t.median_s)
 
 
@@ -89,10 +91,13 @@ def agreement(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 
 
 class _Progress:
-    """A tqdm bar on stderr (when tqdm is installed and stderr is a terminal) and one line per configuration."""
+    """A tqdm bar on stderr (when tqdm is installed and stderr is a terminal) and one line per
+    configuration; without the bar, a line on the passes done once
+    :data:`fastbert.bench.measure.PROGRESS_EVERY_S` seconds have passed since the last line."""
 
     def __init__(self, total: int):
-        self.bar = None
+        self.bar, self.total, self.done = None, total, 0
+        self.start = self.last = time.perf_counter()
         try:
             from tqdm.auto import tqdm
         except ImportError:
@@ -101,10 +106,14 @@ class _Progress:
             self.bar = tqdm(total=total, unit="pass", file=sys.stderr, desc="fastbert bench", leave=False)
 
     def step(self, n: int = 1) -> None:
+        self.done += n
         if self.bar is not None:
             self.bar.update(n)
+        elif time.perf_counter() - self.last >= measure.PROGRESS_EVERY_S:
+            self.line(f"  {self.done}/{self.total} passes ({time.perf_counter() - self.start:.0f} s)")
 
     def line(self, text: str) -> None:
+        self.last = time.perf_counter()
         if self.bar is not None:
             self.bar.write(text, file=sys.stderr)
         else:
@@ -153,7 +162,7 @@ def run_text_bench(plan: TextBenchPlan, on_entry: Callable[[list[dict]], None] |
                 padded = padded_tokens(lengths, plan.texts, batch)
                 entry = {"dtype": dtype, "batch": batch, "sentences": n, "real_tokens": sum(lengths),
                          "padded_tokens": padded, "padding_fraction": 1.0 - sum(lengths) / padded,
-                         "speedup": None, "max_abs_diff": None, "min_cosine": None}
+                         "speedup": None, "speedup_reliable": None, "max_abs_diff": None, "min_cosine": None}
                 if plan.time_budget_s is not None and time.perf_counter() - start > plan.time_budget_s:
                     msg = f"skipped: the time budget of {plan.time_budget_s:g} s was spent"
                     entry["variants"] = {v: _variant("skipped", msg) for v in VARIANTS}
@@ -180,7 +189,10 @@ def _fill_entry(entry: dict, seconds: dict, outputs: dict, failed: dict) -> None
             variants[name] = _timed(seconds[name], entry["sentences"], entry["real_tokens"])
     entry["variants"] = variants
     if all(v["status"] == "ok" for v in variants.values()):
-        entry["speedup"] = variants["plain"]["min_s"] / variants["fastbert"]["min_s"]
+        plain, fast = variants["plain"], variants["fastbert"]
+        entry["speedup"] = plain["min_s"] / fast["min_s"]
+        overlap = measure.ranges_overlap(plain["min_s"], plain["p90_s"], fast["min_s"], fast["p90_s"])
+        entry["speedup_reliable"] = not overlap
         entry["max_abs_diff"], entry["min_cosine"] = agreement(outputs["fastbert"], outputs["plain"])
 
 
@@ -188,7 +200,7 @@ def _progress_line(entry: dict, elapsed: float) -> str:
     parts = []
     for name, r in entry["variants"].items():
         parts.append(f"{name} {r['sentences_per_s']:.1f} sent/s" if r["status"] == "ok" else f"{name} {r['status']}")
-    speedup = f" | fastbert/plain {entry['speedup']:.2f}x" if entry["speedup"] is not None else ""
+    speedup = f" | fastbert/plain {_speedup(entry)}" if entry["speedup"] is not None else ""
     return f"[{elapsed:6.1f}s] {entry['dtype']} batch {entry['batch']}: " + " | ".join(parts) + speedup
 
 
@@ -197,16 +209,30 @@ def _progress_line(entry: dict, elapsed: float) -> str:
 # ---------------------------------------------------------------------------
 
 
+def _speedup(entry: dict) -> str:
+    if entry["speedup"] is None:
+        return "-"
+    return f"{entry['speedup']:.2f}x" + ("" if entry.get("speedup_reliable", True) else report.UNRELIABLE)
+
+
+def _seconds(result: dict) -> str:
+    if result["status"] != "ok":
+        return result["status"]
+    return report.spread_cell(result["median_s"], result["min_s"], result["p90_s"])
+
+
 def format_table(entries: list[dict]) -> str:
-    """One row per configuration: sentences/s and tokens/s of each variant, speedup, agreement."""
-    head = ["dtype", "batch", "pad%", "plain sent/s", "fastbert sent/s", "speedup", "plain tok/s", "fastbert tok/s",
-            "max|diff|", "min cos"]
+    """One row per configuration: each variant's pass time (median, fastest-p90), sentences/s
+    and tokens/s, the speedup (marked unreliable where the two timing ranges overlap) and the
+    agreement; a warning line when a speedup is unreliable."""
+    head = ["dtype", "batch", "pad%", "plain s", "fastbert s", "plain sent/s", "fastbert sent/s", "speedup",
+            "plain tok/s", "fastbert tok/s", "max|diff|", "min cos"]
     rows = []
     for e in entries:
         p, f = e["variants"]["plain"], e["variants"]["fastbert"]
         rows.append([
-            e["dtype"], str(e["batch"]), f"{100 * e['padding_fraction']:.0f}", _rate(p, "sentences_per_s"),
-            _rate(f, "sentences_per_s"), f"{e['speedup']:.2f}x" if e["speedup"] is not None else "-",
+            e["dtype"], str(e["batch"]), f"{100 * e['padding_fraction']:.0f}", _seconds(p), _seconds(f),
+            _rate(p, "sentences_per_s"), _rate(f, "sentences_per_s"), _speedup(e),
             _rate(p, "tokens_per_s"), _rate(f, "tokens_per_s"),
             f"{e['max_abs_diff']:.1e}" if e["max_abs_diff"] is not None else "-",
             f"{e['min_cosine']:.6f}" if e["min_cosine"] is not None else "-",
@@ -214,10 +240,15 @@ def format_table(entries: list[dict]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(x.rjust(w) for x, w in zip(r, widths)) for r in rows]
-    legend = ("sent/s and tok/s from each variant's fastest pass over all texts (tokenization and pooling included); "
-              "tok/s counts real tokens; speedup = plain's time / fastbert's; max|diff| and min cos: fastbert's "
+    legend = ("s = seconds per pass over all texts (tokenization and pooling included), median (fastest-90th "
+              "percentile); sent/s and tok/s from each variant's fastest pass; tok/s counts real tokens; speedup = "
+              "plain's fastest pass / fastbert's; " + report.SPREAD_RULE + "; max|diff| and min cos: fastbert's "
               "output against plain's")
-    return "\n".join(lines + ["", legend])
+    bad = [e for e in entries if e.get("speedup_reliable") is False]
+    warning = (f"warning: {len(bad)} of {sum(e['speedup'] is not None for e in entries)} speedups are marked "
+               f"'{report.UNRELIABLE}' (timing ranges overlap): rerun with more --repeats on a quieter machine "
+               "before reading them") if bad else None
+    return "\n".join(lines + ["", legend] + ([warning] if warning else []))
 
 
 def _rate(result: dict, key: str) -> str:
@@ -230,10 +261,12 @@ def csv_rows(entries: list[dict]) -> list[dict]:
     for e in entries:
         for name, r in e["variants"].items():
             row = {k: e[k] for k in ("dtype", "batch", "sentences", "real_tokens", "padded_tokens", "padding_fraction")}
-            row.update(variant=name, **{k: r[k] for k in ("status", "min_s", "median_s", "repeats", "sentences_per_s",
-                                                          "tokens_per_s", "median_sentences_per_s", "error")})
+            row.update(variant=name, **{k: r[k] for k in ("status", "min_s", "median_s", "p90_s", "repeats",
+                                                          "sentences_per_s", "tokens_per_s", "median_sentences_per_s",
+                                                          "error")})
             fastbert_row = name == "fastbert"
-            row.update({k: e[k] if fastbert_row else None for k in ("speedup", "max_abs_diff", "min_cosine")})
+            row.update({k: e[k] if fastbert_row else None
+                        for k in ("speedup", "speedup_reliable", "max_abs_diff", "min_cosine")})
             rows.append(row)
     return rows
 

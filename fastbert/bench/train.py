@@ -226,12 +226,15 @@ def train_result(status: str, message: str | None = None, **values) -> dict:
     return measure.variant_result(status, message, **({k: None for k in LOSS_COLUMNS} | values))
 
 
-def measure_train_config(modules: dict, feed: dict, dtype: torch.dtype, tokens, opts: measure.BenchOptions) -> dict:
+def measure_train_config(modules: dict, feed: dict, dtype: torch.dtype, tokens, opts: measure.BenchOptions,
+                         progress: measure.StageProgress | None = None) -> dict:
     """Time training steps of every variant on one batch, interleaved, every variant taking
     the same number of steps; then one more step each, untimed, whose loss is the loss after
     the timed steps. ``modules`` maps variant name to its module (in training mode) or to the
-    exception its build raised. Failures are recorded per variant, never raised."""
+    exception its build raised. Failures are recorded per variant, never raised. A
+    configuration that takes long reports its stages (:class:`measure.StageProgress`)."""
     results, prepared = {}, {}
+    progress = progress or measure.StageProgress("", opts)
     for name, module in modules.items():
         if isinstance(module, Exception):
             results[name] = train_result(measure.failure_status(module), f"building the variant: {measure.failure_message(module)}")
@@ -242,10 +245,11 @@ def measure_train_config(modules: dict, feed: dict, dtype: torch.dtype, tokens, 
         except Exception as exc:  # one variant failing must not stop the others
             results[name] = train_result(measure.failure_status(exc), measure.failure_message(exc))
             measure.release_memory(opts.device)
+        progress(f"{name} built and warmed up")
     slowest = max((p.warm.estimate_s for p in prepared.values()), default=0.0)
     count = measure.repeat_count(slowest, opts.repeats, opts.max_seconds_per_variant)
     times, _, failed = measure.interleaved({n: p.forward for n, p in prepared.items()}, dict.fromkeys(prepared, count),
-                                           opts.device)
+                                           opts.device, progress.rounds)
     for name, exc in failed.items():
         results[name] = train_result(measure.failure_status(exc), measure.failure_message(exc))
     for name, seconds in times.items():
@@ -380,8 +384,13 @@ def run_train_sweep(configs: list[BenchConfig], opts: TrainOptions) -> list[dict
                 continue
             feed = training_batch(task_model.config, opts.task, cfg.batch, cfg.seq_len, cfg.varlen, opts.seed, device)
             tokens = token_counts(feed)
-            modules = {name: models.fresh(name) for name in opts.variants}
-            log.record(train_entry(cfg, tokens, measure_train_config(modules, feed, DTYPES[cfg.dtype], tokens, opts)))
+            progress = measure.StageProgress(cfg.label(), opts)
+            modules = {}
+            for name in opts.variants:
+                modules[name] = models.fresh(name)
+                progress(f"{name} built")
+            results = measure_train_config(modules, feed, DTYPES[cfg.dtype], tokens, opts, progress)
+            log.record(train_entry(cfg, tokens, results))
         del models, task_model
         if "hf_compile" in opts.variants:
             torch._dynamo.reset()  # drop this model's compiled graphs

@@ -37,13 +37,16 @@ MIB = 2**20
 def _ms(result: dict) -> str:
     if result["status"] != "ok":
         return result["status"]
-    return f"{result['median_ms']:.4g}/{result['min_ms']:.4g}"
+    return report.spread_cell(result["median_ms"], result["min_ms"], result["p90_ms"], ".4g")
 
 
 def _ratio(entry: dict, fb: str, base: str) -> str:
     median = entry["speedup"].get(fb, {}).get(base)
     low = entry.get("speedup_min", {}).get(fb, {}).get(base)
-    return "-" if median is None or low is None else f"{median:.2f}x/{low:.2f}x"
+    if median is None or low is None:
+        return "-"
+    reliable = entry.get("speedup_reliable", {}).get(fb, {}).get(base, True)
+    return f"{median:.2f}x/{low:.2f}x" + ("" if reliable else report.UNRELIABLE)
 
 
 def _loss(entry: dict) -> str:
@@ -61,9 +64,11 @@ def _memory(result: dict) -> str:
 
 
 def format_train_table(entries: list[dict], variants: list[str]) -> str:
-    """One row per configuration: median/min step ms per variant, each fastbert variant's
-    speedups (median/min) over each baseline, peak MiB per variant (where measured) and the
-    loss check (largest relative difference from the reference, "ok" or the flagged variants)."""
+    """One row per configuration: median (min-p90) step ms per variant, each fastbert variant's
+    speedups (median/min) over each baseline (marked unreliable where the two timing ranges
+    overlap), peak MiB per variant (where measured) and the loss check (largest relative
+    difference from the reference, "ok" or the flagged variants); a warning line when any
+    ratio is unreliable."""
     baselines = [v for v in variants if v in BASELINES]
     fb_variants = [v for v in variants if v not in BASELINES]
     with_memory = any(r.get("peak_memory_bytes") is not None for e in entries for r in e["variants"].values())
@@ -82,10 +87,12 @@ def format_train_table(entries: list[dict], variants: list[str]) -> str:
         row.append(_loss(e))
         rows.append(row)
     lines = _aligned(head, rows)
-    legend = ("ms = median/min of the timed training steps (forward + backward + AdamW), interleaved across variants; "
-              "a/b = b's step time / a's (median/min); seq 'v' = variable-length rows (uniform in [16, seq]); "
-              "loss check = largest relative difference of a variant's loss after the timed steps from the reference's")
-    return "\n".join(lines + ["", legend])
+    legend = ("ms = median (fastest-90th percentile) of the timed training steps (forward + backward + AdamW), "
+              "interleaved across variants; a/b = b's step time / a's (median/min); " + report.SPREAD_RULE + "; "
+              "seq 'v' = variable-length rows (uniform in [16, seq]); loss check = largest relative difference of a "
+              "variant's loss after the timed steps from the reference's")
+    warning = report.noise_warning(entries)
+    return "\n".join(lines + ["", legend] + ([warning] if warning else []))
 
 
 def format_max_batch(entries: list[dict]) -> str:

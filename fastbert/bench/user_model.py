@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 import fastbert
-from fastbert.cli_args import checkpoint_config, checkpoint_dir, load_checkpoint, one_line, quiet_transformers
-from fastbert.data import corpus
+from fastbert.cli_args import (checkpoint_config, checkpoint_dir, checkpoint_weights, load_checkpoint, one_line,
+                               quiet_transformers)
+from fastbert.data import corpus, read_text_lines
 from fastbert.models import max_sequence_length
 
 SHIPPED_TEXTS = "the shipped corpus (fastbert/data/corpus.tsv, 300 sentences)"
@@ -55,6 +56,7 @@ def resolve_user_model(path: str, flag: str = "--model") -> UserModel:
         raise ValueError(f"{flag} {path!r} holds neither a Hugging Face checkpoint (config.json) nor a "
                          "sentence-transformers model (modules.json)")
     config = checkpoint_config(str(hf_dir), flag)
+    checkpoint_weights(hf_dir, flag)
     positions = max_sequence_length(config)  # TypeError/ValueError for families fastbert does not run
     return UserModel(str(path), kind, hf_dir, min(limit or positions, positions))
 
@@ -84,18 +86,18 @@ def _st_max_seq_length(hf_dir: Path) -> int | None:
 
 
 def read_texts(path: str | None, flag: str = "--texts") -> tuple[list[str], str]:
-    """(texts, where they came from): one text per non-empty line of a UTF-8 file, or the shipped
-    corpus when ``path`` is None. ValueError for a missing, unreadable or empty file."""
+    """(texts, where they came from): the texts of a UTF-8 texts file (one per line, as
+    :mod:`fastbert.data.lines` reads them), or the shipped corpus when ``path`` is None.
+    ValueError for a missing, unreadable or empty file."""
     if path is None:
         return [sentence for _, sentence in corpus()], SHIPPED_TEXTS
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"{flag} {path!r} is not a file (expected one text per line)")
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        texts = read_text_lines(p)
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{flag} {path!r}: cannot read it as UTF-8 text: {one_line(exc)}") from exc
-    texts = [line.strip() for line in lines if line.strip()]
     if not texts:
         raise ValueError(f"{flag} {path!r} holds no text (expected one text per line)")
     return texts, str(path)

@@ -276,13 +276,34 @@ def _compiler_environment() -> Iterator[None]:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
-    """Compile ``jobs`` in ``workers`` fresh processes; rows come back in job order."""
+PROGRESS_EVERY_S = 5.0
+"""Seconds between two progress lines of :func:`run_jobs` (one also comes at the end)."""
+
+
+def _progress_line(done: int, total: int, failed: int, seconds: float) -> str:
+    return f"compile-check: {done}/{total} compiled, {failed} failed, {seconds:.0f} s"
+
+
+def run_jobs(jobs: list[Job], workers: int, progress=None) -> list[dict]:
+    """Compile ``jobs`` in ``workers`` fresh processes; rows come back in job order. While
+    they compile, ``progress`` (default: print to stderr) gets a line every
+    :data:`PROGRESS_EVERY_S` seconds and one when all are done."""
     if not jobs:
         return []
+    report = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     context = multiprocessing.get_context("spawn")
+    start = last = time.perf_counter()
+    rows: list[dict | None] = [None] * len(jobs)
     with _compiler_environment(), concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        return list(pool.map(compile_one, jobs))
+        futures = {pool.submit(compile_one, job): i for i, job in enumerate(jobs)}
+        for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
+            rows[futures[future]] = future.result()
+            now = time.perf_counter()
+            if now - last >= PROGRESS_EVERY_S or done == len(jobs):
+                failed = sum(r is not None and r["status"] != "ok" for r in rows)
+                report(_progress_line(done, len(jobs), failed, now - start))
+                last = now
+    return rows
 
 
 def format_table(rows: list[dict]) -> str:
@@ -356,17 +377,55 @@ def summarize(rows: list[dict], skipped: list[dict], archs: list[int], represent
     return per_arch
 
 
+def check_json_path(path: str | None) -> None:
+    """ValueError unless ``path`` (``--json``) can be written after the run: not a folder, and
+    its nearest existing ancestor a writable folder (missing folders are created when writing)."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"--json {path!r} is a folder; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"--json {path!r}: {parent!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--json {path!r}: the folder {parent!r} is not writable")
+
+
+def check_kernel_filters(filters: list[str]) -> None:
+    """ValueError naming the registered kernels when a ``--kernel`` filter matches none of them
+    (the kernel modules must be loaded: :func:`load_kernel_modules`)."""
+    from fastbert.kernels import registry
+
+    names = [entry.name for entry in registry.kernels()]
+    unmatched = [f for f in filters if not any(f in name for name in names)]
+    if unmatched:
+        raise ValueError(f"--kernel {' '.join(unmatched)}: no registered kernel's name contains it; "
+                         f"the kernels are {', '.join(names)}")
+
+
+def _check_jobs(jobs: int) -> None:
+    if jobs < 1:
+        raise ValueError(f"--jobs must be positive, got {jobs}")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the gate for parsed options; print the table; 0 when every row passes, 1 otherwise."""
+    """Run the gate for parsed options; print the table; 0 when every row passes, 1 otherwise.
+    ValueError (exit code 2) before anything compiles for a ``--json`` path that cannot be
+    written, a ``--kernel`` that matches no kernel or a ``--jobs`` below 1."""
+    check_json_path(args.json)
+    _check_jobs(args.jobs)
     archs, representative = coverage(args)
     import_failures = load_kernel_modules()
+    check_kernel_filters(args.kernel)
     jobs = plan(archs, args.kernel, representative)
     skipped = not_built(archs, args.kernel)
-    if not jobs and not import_failures and not skipped:
-        print(f"compile-check: no registered kernel matches {args.kernel}", file=sys.stderr)
-        return 1
+    workers = max(1, min(args.jobs, len(jobs)))
+    print(f"compile-check: {len(jobs)} compilations for {', '.join(f'sm_{a}' for a in archs)} in {workers} "
+          "process(es)", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    rows = import_failures + run_jobs(jobs, max(1, min(args.jobs, len(jobs))))
+    rows = import_failures + run_jobs(jobs, workers)
     seconds = time.perf_counter() - start
     failed = [r for r in rows if r["status"] != "ok"]
     per_arch = summarize(rows, skipped, archs, representative)
@@ -383,16 +442,23 @@ def run(args: argparse.Namespace) -> int:
 
         report = {"triton": triton.__version__, "archs": [f"sm_{a}" for a in archs], "seconds": round(seconds, 1),
                   "summary": per_arch, "rows": rows, "not_built": skipped}
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
     return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fastbert.kernels.compile_check``: parse options, run the gate."""
+    """``python -m fastbert.kernels.compile_check``: parse options, run the gate; a bad option
+    is one line on stderr and exit code 2, as in ``fastbert compile-check``."""
     parser = argparse.ArgumentParser(prog="fastbert compile-check", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except ValueError as exc:
+        print(f"fastbert compile-check: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -43,8 +43,10 @@ def read_calibration_texts(path: str | None, method: str) -> list[str] | None:
         return None
     if path is None:
         raise ValueError(f"--method {method} needs --calibration FILE (one text per line)")
+    from fastbert.data import read_text_lines
+
     try:
-        texts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts = read_text_lines(path)
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"--calibration {path!r} cannot be read: {e}") from e
     if not texts:

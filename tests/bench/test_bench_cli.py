@@ -75,6 +75,19 @@ def test_every_speedup_is_baseline_median_over_fastbert_median(bench_run):
     assert checked == 8
 
 
+def test_every_ratio_says_whether_the_timing_ranges_overlap(bench_run):
+    _, doc, out = bench_run
+    for e in doc["results"]:
+        v = e["variants"]
+        for base, reliable in e["speedup_reliable"]["fastbert"].items():
+            lows, highs = (v["fastbert"]["min_ms"], v[base]["min_ms"]), (v["fastbert"]["p90_ms"], v[base]["p90_ms"])
+            assert reliable == (max(lows) > min(highs))  # one range ends before the other begins
+    with (out / "bench.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["variant"] == "fastbert"]
+    assert [r["speedup_reliable_vs_hf_sdpa"] for r in rows] == [str(e["speedup_reliable"]["fastbert"]["hf_sdpa"])
+                                                                for e in doc["results"]]
+
+
 def test_csv_matches_json(bench_run):
     _, doc, out = bench_run
     with (out / "bench.csv").open() as fh:

@@ -119,7 +119,7 @@ def test_matmul_kernels_are_not_built_for_sm75(tmp_path, capsys):
 def test_arch_option_and_unknown_kernel(tmp_path):
     rc, report = _run_gate(tmp_path, "--kernel", "gate_selftest", "--arch", "sm_80")
     assert {r["arch"] for r in report["rows"]} == {"sm_80"} and len(report["rows"]) == 4
-    assert compile_check.main(["--kernel", "no-such-kernel"]) == 1
+    assert compile_check.main(["--kernel", "no-such-kernel"]) == 2  # a bad argument: test_compile_check_args.py
     for bad in ("sm_70", "95", "hopper"):
         with pytest.raises(SystemExit):
             compile_check.main(["--arch", bad])
@@ -138,7 +138,9 @@ def test_cli_subcommand_takes_the_gate_options(tmp_path, capsys):
     assert main(["compile-check", "--arch", "90", "--kernel", "layernorm_bwd_reduce", "--json", str(path)]) == 0
     report = json.loads(path.read_text())
     assert [(r["kernel"], r["arch"], r["status"]) for r in report["rows"]] == [("layernorm_bwd_reduce", "sm_90", "ok")]
-    assert "1 ok, 0 failed" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "1 ok, 0 failed" in captured.out
+    assert "compile-check: 1/1 compiled, 0 failed" in captured.err  # the progress line
     with pytest.raises(SystemExit) as bad:
         main(["compile-check", "--arch", "70"])
     assert bad.value.code == 2 and "unsupported arch" in capsys.readouterr().err
