@@ -9,6 +9,8 @@ from torch import nn
 from fastbert.models import hf_base_model
 from fastbert.models.base import is_optimized
 from fastbert.modules.encoder import FastBertEncoder
+from fastbert.modules.projection import calls_module
+from fastbert.modules.qkv_slices import QKVSlice
 from fastbert.prune.checks import check_layers
 
 # FastBertLayer attribute -> short role name used in reports.
@@ -41,8 +43,23 @@ def targets(model: nn.Module, layers=None) -> list[Target]:
     chosen = check_layers(layers, count, shared=encoder.config.layer_schedule is not None)
     if chosen is None:
         chosen = range(count)
-    return [
+    found = [
         Target(f"layers.{i}.{attr}", i, role, getattr(encoder.layers[i], attr))
         for i in chosen
         for attr, role in LAYER_MATRICES.items()
     ]
+    check_plain_projections(encoder)
+    return found
+
+
+def check_plain_projections(encoder: FastBertEncoder) -> None:
+    """ValueError if a projection (or a q/k/v slice) is wrapped or hooked: pruning rewrites and
+    records the plain linears' weights, and a PEFT adapter on top would keep adding its dense term."""
+    for i, layer in enumerate(encoder.layers):
+        for attr in (*LAYER_MATRICES, *layer.qkv_names):
+            module = getattr(layer, attr)
+            if calls_module(module, QKVSlice if attr in layer.qkv_names else nn.Linear):
+                raise ValueError(
+                    f"layers.{i}.{attr} is {type(module).__name__} (wrapped, hooked or not an nn.Linear): prune the "
+                    "plain model (merge PEFT adapters first: merge_and_unload()) and remove hooks before pruning"
+                )

@@ -296,3 +296,15 @@ def test_lora_on_fused_qkv_and_word_embeddings_after_optimize():
         with peft_fast.disable_adapter():
             plain = peft_fast(input_ids=ids, attention_mask=mask).last_hidden_state
     assert rel_err(out, plain, mask) > 1e-2
+
+
+def test_pruning_a_model_with_adapters_is_refused():
+    """Pruning rewrites the plain linears' weights; with a LoRA layer on top the adapter would keep
+    its dense term: merge first."""
+    config = family_configs()["bert"]
+    _, fast = build(transformers.BertModel, config)
+    wrapped = peft.get_peft_model(fast, _lora(["query", "attention_output"]))
+    with pytest.raises(ValueError, match="merge PEFT adapters first"):
+        fastbert.prune(wrapped.base_model.model, 0.5)
+    merged = wrapped.merge_and_unload()
+    assert fastbert.prune(merged, 0.5) is not None
