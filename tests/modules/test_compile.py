@@ -199,3 +199,22 @@ def test_every_family_compiles_several_shapes_and_matches_hf(family):
         if getattr(ref, "pooler_output", None) is not None:
             assert rel_err(out.pooler_output, ref.pooler_output) < 1e-5
     assert counter.frame_count == 1
+
+
+@pytest.mark.slow
+def test_gradients_on_several_shapes():
+    """Backward through the compiled graph on a second shape (the dynamic retrace, packed) and a
+    left-padded third (padded branch): the gradients of eager."""
+    enc = _encoder(True, layers=1).double()
+    compiled = torch.compile(enc, fullgraph=True, backend="aot_eager")
+    for lengths, seq, left in SHAPES:
+        x, mask = _batch(lengths, seq, seed=seq, left=left)
+        probe = torch.randn(x.shape, generator=torch.Generator().manual_seed(seq + 1), dtype=torch.float64)
+        grads = []
+        for run in (enc, compiled):
+            xx = x.double().requires_grad_()
+            (run(xx, attention_mask=mask).last_hidden_state * probe).sum().backward()
+            grads.append([xx.grad, *(p.grad.clone() for p in enc.parameters())])
+            enc.zero_grad()
+        for eager, comp in zip(*grads):
+            assert rel_err(comp, eager) < 1e-10
