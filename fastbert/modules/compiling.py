@@ -26,14 +26,18 @@ from fastbert.ops.padding import packing_traceable
 
 
 def symbolic_floats(module: torch.nn.Module) -> bool:
-    """Whether the trace in progress holds any Python float attribute of ``module`` or its
-    submodules as a symbolic value (every float with ``dynamic=True``; a float whose value
-    changed between compiled calls, by automatic dynamic shapes). Read in the root graph,
-    before any branch, at trace time only; outside a trace, False."""
+    """Whether the trace in progress holds any public Python float attribute of ``module`` or
+    its submodules (``eps``, ``p``, ...) as a symbolic value (every float with ``dynamic=True``;
+    a float whose value changed between compiled calls, by automatic dynamic shapes). Read in
+    the root graph, before any branch, at trace time only; outside a trace, False. Private
+    names (``nn.Module``'s own bookkeeping: hooks, parameters) are skipped: they hold no
+    float, and reading them all costs trace time."""
     if not torch.compiler.is_compiling():
         return False
     for sub in module.modules():
         for name in vars(sub):
+            if name.startswith("_") or name == "training":
+                continue
             value = getattr(sub, name)
             if isinstance(value, float) and _traced_as_symbolic(value):
                 return True
