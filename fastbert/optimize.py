@@ -36,7 +36,8 @@ def optimize(model: nn.Module, *, unpad: bool | str = "auto", cuda_graphs: bool 
     or give one: ValueError for a sequence length past the model's position table), captured
     on first use; other calls run eagerly (a warning, once, where PyTorch sees no CUDA
     device). Returned tensors are the caller's (copied out of the graph).
-    ``model.base_model.encoder.cuda_graph_memory()`` says what the graphs hold. See :mod:`fastbert.modules.cuda_graphs`.
+    ``model.base_model.encoder.cuda_graph_memory()`` says what the graphs hold. See
+    :mod:`fastbert.modules.cuda_graphs`.
     """
     check_unpad_mode(unpad)
     if not (cuda_graphs is True or cuda_graphs is False or isinstance(cuda_graphs, GraphBuckets)):
@@ -49,8 +50,6 @@ def optimize(model: nn.Module, *, unpad: bool | str = "auto", cuda_graphs: bool 
     base = hf_base_model(model)
     if isinstance(cuda_graphs, GraphBuckets):
         cuda_graphs.check_positions(max_sequence_length(base.config))
-    if cuda_graphs is not False:
-        warn_without_cuda()
     if not is_optimized(base):
         convert_base_model(base, adapter_for(base.config))
         convert_head_transforms(model, base.config)
@@ -59,4 +58,6 @@ def optimize(model: nn.Module, *, unpad: bool | str = "auto", cuda_graphs: bool 
             module.supports_gradient_checkpointing = True
     base.encoder.unpad = unpad
     base.encoder.cuda_graphs = cuda_graphs
+    if cuda_graphs is not False:
+        warn_without_cuda()
     return model

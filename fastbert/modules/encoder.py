@@ -180,7 +180,8 @@ class FastBertEncoder(nn.Module):
         time, both compiled into one graph; the packed token count is an unbacked size and
         ``max_seqlen`` the padded length. Where the trace cannot hold that branch
         (:func:`~fastbert.modules.compiling.branching_traceable`: without ``fullgraph=True``,
-        with ``dynamic=True``, or once a float attribute changed between calls) the padded path is compiled alone."""
+        with ``dynamic=True``, or once a float attribute changed between calls) the padded
+        path is compiled alone."""
         condition = unpad_condition(self.unpad, mask, hidden_states.shape[0])
         if condition is None or not branching_traceable(self):
             return self._run(hidden_states, output_hidden_states, attn_mask=mask)
