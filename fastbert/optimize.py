@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from fastbert.models import adapter_for, hf_base_model
+from fastbert.models import adapter_for, hf_base_model, max_sequence_length
 from fastbert.models.heads import convert_head_transforms
 from fastbert.models.base import convert_base_model, is_optimized
 from fastbert.models.carry import retarget_peft_adapters
-from fastbert.modules.cuda_graphs import GraphBuckets
+from fastbert.modules.cuda_graphs import GraphBuckets, warn_without_cuda
 from fastbert.modules.unpad_policy import check_unpad_mode
 from fastbert.wrapped_models import wrapped_hf_models
 
@@ -34,9 +34,11 @@ def optimize(model: nn.Module, *, unpad: bool | str = "auto", cuda_graphs: bool 
 
     ``cuda_graphs``: replay inference forwards of the encoder on CUDA from CUDA graphs, one
     per shape bucket (True: the default :class:`~fastbert.modules.cuda_graphs.GraphBuckets`,
-    or give one), captured on first use; other calls run eagerly. Returned tensors are the
-    caller's (copied out of the graph). ``model.base_model.encoder.cuda_graph_memory()``
-    says what the graphs hold. See :mod:`fastbert.modules.cuda_graphs`.
+    or give one: ValueError for a sequence length past the model's position table), captured
+    on first use; other calls run eagerly (a warning, once, where PyTorch sees no CUDA
+    device). Returned tensors are the caller's (copied out of the graph).
+    ``model.base_model.encoder.cuda_graph_memory()`` says what the graphs hold. See
+    :mod:`fastbert.modules.cuda_graphs`.
     """
     check_unpad_mode(unpad)
     if not (cuda_graphs is True or cuda_graphs is False or isinstance(cuda_graphs, GraphBuckets)):
@@ -47,6 +49,8 @@ def optimize(model: nn.Module, *, unpad: bool | str = "auto", cuda_graphs: bool 
             optimize(inner, unpad=unpad, cuda_graphs=cuda_graphs)
         return model
     base = hf_base_model(model)
+    if isinstance(cuda_graphs, GraphBuckets):
+        cuda_graphs.check_positions(max_sequence_length(base.config))
     if not is_optimized(base):
         convert_base_model(base, adapter_for(base.config))
         retarget_peft_adapters(model)
@@ -56,4 +60,6 @@ def optimize(model: nn.Module, *, unpad: bool | str = "auto", cuda_graphs: bool 
             module.supports_gradient_checkpointing = True
     base.encoder.unpad = unpad
     base.encoder.cuda_graphs = cuda_graphs
+    if cuda_graphs is not False:
+        warn_without_cuda()
     return model

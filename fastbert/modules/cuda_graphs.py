@@ -37,9 +37,11 @@ bucket layout, masking) without a graph: how the tests check them without a GPU.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import logging
 import time
+import warnings
 from typing import Callable, NamedTuple
 
 import torch
@@ -54,6 +56,13 @@ MIN_TOKEN_BUCKET = 16
 
 
 def _check_sizes(name: str, sizes) -> tuple[int, ...]:
+    """``sizes`` as a tuple; TypeError unless it is a sequence (a tuple, a list, ...), ValueError
+    unless its entries are increasing positive ints."""
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, collections.abc.Iterable):
+        raise TypeError(
+            f"{name} must be a sequence of increasing positive ints such as (1, 2, 4), got {sizes!r} "
+            f"({type(sizes).__name__})"
+        )
     sizes = tuple(sizes)
     if not sizes or any(type(s) is not int or s < 1 for s in sizes) or list(sizes) != sorted(set(sizes)):
         raise ValueError(f"{name} must be increasing positive ints, got {sizes!r}")
@@ -75,6 +84,17 @@ class GraphBuckets:
         object.__setattr__(self, "batches", _check_sizes("batches", self.batches))
         object.__setattr__(self, "seq_lens", _check_sizes("seq_lens", self.seq_lens))
 
+    def check_positions(self, max_sequence_length: int) -> None:
+        """ValueError if a sequence length is longer than the model numbers positions for
+        (``max_sequence_length``): no batch can reach that bucket, and one past every shorter
+        bucket would be padded up to it."""
+        too_long = [s for s in self.seq_lens if s > max_sequence_length]
+        if too_long:
+            raise ValueError(
+                f"GraphBuckets seq_lens {too_long} exceed the model's position table "
+                f"(at most {max_sequence_length} tokens); give sequence lengths up to {max_sequence_length}"
+            )
+
     def batch_bucket(self, batch: int) -> int | None:
         """The smallest bucket batch size ``>= batch``; None past the largest."""
         return next((b for b in self.batches if b >= batch), None)
@@ -88,6 +108,24 @@ class GraphBuckets:
         """Packed rows a graph computes for ``tokens`` real tokens: the next power of two
         (at least ``MIN_TOKEN_BUCKET``), at most ``batch_bucket * seq_bucket``."""
         return min(max(MIN_TOKEN_BUCKET, 1 << max(tokens - 1, 0).bit_length()), batch_bucket * seq_bucket)
+
+
+_warned_without_cuda = False
+
+
+def warn_without_cuda() -> None:
+    """Warn, once per process, when CUDA graphs are switched on where PyTorch sees no CUDA
+    device: every call then runs the eager encoder (graphs need CUDA inputs)."""
+    global _warned_without_cuda
+    if _warned_without_cuda or torch.cuda.is_available():
+        return
+    _warned_without_cuda = True
+    warnings.warn(
+        "cuda_graphs: no CUDA device is available, so every forward runs eagerly (no graph) "
+        "until the model and its inputs are on CUDA",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 class GraphMemory(NamedTuple):

@@ -9,6 +9,7 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
+from fastbert.modules.compiling import branching_traceable
 from fastbert.modules.config import FastBertConfig
 from fastbert.modules.cuda_graphs import CudaGraphRunner, GraphBuckets, GraphMemory
 from fastbert.modules.init import init_bert_weights
@@ -16,7 +17,7 @@ from fastbert.modules.layer import FastBertLayer
 from fastbert.modules.masks import normalize_attention_mask
 from fastbert.modules.unpad_policy import check_unpad_mode, plan_unpad, unpad_condition
 from fastbert.ops.attention import packed_attention_args
-from fastbert.ops.padding import check_cu_seqlens, pad, packing_traceable, unpad
+from fastbert.ops.padding import check_cu_seqlens, pad, unpad
 
 
 class EncoderOutput(NamedTuple):
@@ -42,8 +43,8 @@ class FastBertEncoder(nn.Module):
     a per-device threshold (:mod:`fastbert.modules.unpad_policy`); both facts, the token
     count and the longest row come from one host read per forward. Under
     ``torch.compile(fullgraph=True)`` the same decision is made on the device and
-    ``torch.cond`` runs the chosen path (without ``fullgraph``, or while a CUDA graph is
-    captured around the encoder, the padded path runs).
+    ``torch.cond`` runs the chosen path (without ``fullgraph``, with ``dynamic=True``, or
+    while a CUDA graph is captured around the encoder, the padded path runs).
 
     ``cuda_graphs`` (False, True or a :class:`~fastbert.modules.cuda_graphs.GraphBuckets`)
     replays inference forwards on CUDA from graphs captured per shape bucket
@@ -178,11 +179,12 @@ class FastBertEncoder(nn.Module):
         """The forward under ``torch.compile``: the unpad decision (same rule as eagerly) is
         computed on the device and ``torch.cond`` chooses the packed or the padded path at run
         time, both compiled into one graph; the packed token count is an unbacked size and
-        ``max_seqlen`` the padded length. Where the trace cannot hold a data-dependent size
-        (``torch.compile`` without ``fullgraph=True``: it would be a graph break, which
-        ``torch.cond`` forbids) the padded path is compiled alone."""
+        ``max_seqlen`` the padded length. Where the trace cannot hold that branch
+        (:func:`~fastbert.modules.compiling.branching_traceable`: without ``fullgraph=True``,
+        with ``dynamic=True``, or once a float attribute changed between calls) the padded
+        path is compiled alone."""
         condition = unpad_condition(self.unpad, mask, hidden_states.shape[0])
-        if condition is None or not packing_traceable():
+        if condition is None or not branching_traceable(self):
             return self._run(hidden_states, output_hidden_states, attn_mask=mask)
         keep, take_packed = condition
 

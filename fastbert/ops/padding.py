@@ -82,7 +82,14 @@ def packed_positions_op(flat: torch.Tensor) -> torch.Tensor:
 
 @packed_positions_op.register_fake
 def _(flat):
-    tokens = torch.library.get_ctx().new_dynamic_size(max=flat.shape[0])
+    # new_dynamic_size takes only int bounds; once torch.compile retraces with dynamic shapes
+    # (automatically on a second shape, or dynamic=True) the length of ``flat`` is a SymInt,
+    # and the upper bound is declared with torch._check instead.
+    length = flat.shape[0]
+    static = not isinstance(length, torch.SymInt)
+    tokens = torch.library.get_ctx().new_dynamic_size(max=length if static else None)
+    if not static:
+        torch._check(tokens <= length)
     return flat.new_empty((tokens,), dtype=torch.int64)
 
 

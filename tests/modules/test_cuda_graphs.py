@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ import transformers
 
 import fastbert
 from fastbert import FastBertConfig, FastBertEncoder
+from fastbert.modules import cuda_graphs
 from fastbert.modules.cuda_graphs import CudaGraphRunner, GraphBuckets
 from fastbert.ops import padding, record_dispatch
 from tests.helpers import HostSyncs, build, family_configs, padded_batch, rel_err
@@ -224,3 +226,43 @@ def test_gpu_replay_equals_eager_and_memory_is_reported(mode, caplog):
     assert memory.graphs == graphs and memory.pool_bytes > 0 and memory.input_bytes > 0
     assert sum("captured a CUDA graph" in r.getMessage() for r in caplog.records) == graphs
     assert graphed.cuda_graphs.eager_calls == 0
+
+
+@pytest.mark.parametrize("bad", [8, None, 3.0, "16"])
+@pytest.mark.parametrize("field", ["batches", "seq_lens"])
+def test_buckets_that_are_not_sequences_are_a_type_error_naming_the_argument(field, bad):
+    with pytest.raises(TypeError, match=f"{field} must be a sequence"):
+        GraphBuckets(**{field: bad})
+    assert GraphBuckets(**{field: [1, 16]}) == GraphBuckets(**{field: (1, 16)})  # any sequence works
+
+
+def test_optimize_refuses_sequence_buckets_past_the_position_table(monkeypatch):
+    """A bucket longer than the model's positions is refused before the model is touched; up to
+    the table is accepted (RoBERTa numbers positions from its padding index: fewer tokens)."""
+    monkeypatch.setattr(cuda_graphs, "_warned_without_cuda", True, raising=False)
+    for family in ("bert", "roberta"):
+        config = family_configs()[family]
+        config.max_position_embeddings = 40
+        model = transformers.AutoModel.from_config(config).eval()
+        limit = fastbert.models.max_sequence_length(config)
+        with pytest.raises(ValueError, match=rf"seq_lens \[100000\] exceed the model's position table \(at most {limit}"):
+            fastbert.optimize(model, cuda_graphs=GraphBuckets(seq_lens=(16, 100000)))
+        with pytest.raises(ValueError, match=rf"seq_lens \[{limit + 1}\]"):
+            fastbert.optimize(model, cuda_graphs=GraphBuckets(seq_lens=(16, limit + 1)))
+        assert not fastbert.models.base.is_optimized(model)  # refused before any work
+        fastbert.optimize(model, cuda_graphs=GraphBuckets(seq_lens=(16, limit)))
+        assert model.encoder.cuda_graphs.buckets.seq_lens == (16, limit)
+
+
+def test_graphs_on_without_cuda_warn_once(monkeypatch):
+    """Without a CUDA device every call runs eagerly: optimize says so, once per process."""
+    monkeypatch.setattr(cuda_graphs, "_warned_without_cuda", False, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = family_configs()["bert"]
+    with pytest.warns(UserWarning, match="no CUDA device is available, so every forward runs eagerly"):
+        fastbert.optimize(transformers.BertModel(config), cuda_graphs=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fastbert.optimize(transformers.BertModel(config), cuda_graphs=GraphBuckets(seq_lens=(16,)))  # not again
+        monkeypatch.setattr(cuda_graphs, "_warned_without_cuda", False, raising=False)
+        fastbert.optimize(transformers.BertModel(config), cuda_graphs=False)  # graphs off: nothing to say
