@@ -14,6 +14,12 @@ or any other numbering: jumps, repeats, descents) or by flash-attention's ``cu_s
 keywords, compared at every token with HF given the same position ids (and, for the
 keywords, the same sequences as a block-diagonal mask: what HF's flash attention computes).
 
+PEFT models and dropout settings (:func:`test_peft_and_dropout_settings_match_hf`): LoRA on a
+random subset of the family's projections, applied before ``optimize`` (HF's names) or after
+it (fastbert's names for the same modules, the adapter weights carried over), in eval mode or
+in train mode with ``p = 0`` set on every ``nn.Dropout`` (the HF way to train
+deterministically), against PEFT on HF in eval mode, at every real token.
+
 Bounded for CI: small models, a fixed seed per family and no example database (the same
 examples every run), and 12 examples per family (6 flattened), so the file adds about a
 minute on a 2-core CPU.
@@ -258,3 +264,80 @@ def check_flattened_case(case) -> None:
     for key, r in ref.items():
         if isinstance(r, torch.Tensor):
             assert rel_err(out[key].float(), r) < tol, (key, rel_err(out[key].float(), r))
+
+
+# The family's HF projection names PEFT can target, and fastbert's names for the same modules.
+PEFT_TARGETS = {
+    "bert": {"query": ["query"], "key": ["key"], "value": ["value"],
+             "dense": ["attention_output", "intermediate", "output", "dense"]},
+    "distilbert": {"q_lin": ["q_lin"], "k_lin": ["k_lin"], "v_lin": ["v_lin"], "out_lin": ["attention_output"],
+                   "lin1": ["intermediate"], "lin2": ["output"]},
+    "albert": {"query": ["query"], "value": ["value"], "dense": ["attention_output", "dense"],
+               "ffn": ["intermediate"], "ffn_output": ["output"]},
+}
+PEFT_TARGETS["roberta"] = PEFT_TARGETS["electra"] = PEFT_TARGETS["bert"]
+PEFT_EXAMPLES_PER_FAMILY = 8
+
+
+@st.composite
+def peft_cases(draw, family: str):
+    """A PEFT case: head, sizes, padding, LoRA targets and rank, order, dropout setting, unpad mode, seed."""
+    head = draw(st.sampled_from(["Model", "ForSequenceClassification", "ForTokenClassification"]))
+    names = sorted(PEFT_TARGETS[family])
+    return dict(
+        family=family, head=head,
+        sizes=(draw(st.integers(1, 3)), draw(st.sampled_from([8, 12])), draw(st.integers(1, 2)),
+               draw(st.integers(8, 48))),
+        batch=draw(st.integers(1, 3)), seq=draw(st.integers(1, 10)),
+        kind=draw(st.sampled_from(["none", "right", "left", "middle"])),
+        targets=draw(st.lists(st.sampled_from(names), min_size=1, max_size=len(names), unique=True)),
+        rank=draw(st.integers(1, 4)), order=draw(st.sampled_from(["peft first", "optimize first"])),
+        dropout=draw(st.sampled_from(["eval", "train with p = 0"])),
+        unpad=draw(st.sampled_from([True, False, "auto"])), seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_peft_and_dropout_settings_match_hf(family):
+    peft = pytest.importorskip("peft")
+
+    @seed(zlib.crc32(("peft" + family).encode()))
+    @settings(max_examples=PEFT_EXAMPLES_PER_FAMILY, deadline=None, database=None, print_blob=True)
+    @given(case=peft_cases(family))
+    def check(case):
+        config = hf_config(family, *case["sizes"])
+        config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.3  # on unless switched off
+        if family == "distilbert":
+            config.dropout = config.attention_dropout = 0.3
+        torch.manual_seed(case["seed"])
+        hf = getattr(transformers, FAMILIES[family] + case["head"])(config).eval()
+        lora = dict(r=case["rank"], lora_alpha=2 * case["rank"], lora_dropout=0.0)
+        peft_hf = peft.get_peft_model(hf, peft.LoraConfig(target_modules=case["targets"], **lora))
+        with torch.no_grad():
+            for p in peft_hf.parameters():
+                p.add_(torch.randn_like(p) * 0.05)  # the adapters' B too: they act
+        carried = fastbert.optimize(copy.deepcopy(peft_hf), unpad=case["unpad"])
+        if case["order"] == "peft first":
+            fast = carried
+        else:
+            fast_names = sorted({n for t in case["targets"] for n in PEFT_TARGETS[family][t]})
+            fast = peft.get_peft_model(fastbert.optimize(copy.deepcopy(peft_hf).unload(), unpad=case["unpad"]),
+                                       peft.LoraConfig(target_modules=fast_names, **lora))
+            adapters = {k: v for k, v in carried.state_dict().items() if "lora_" in k}
+            assert set(adapters) == {k for k in fast.state_dict() if "lora_" in k}
+            fast.load_state_dict(adapters, strict=False)
+        if case["dropout"] != "eval":
+            fast.train()
+            for m in fast.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.p = 0.0
+        gen = torch.Generator().manual_seed(case["seed"])
+        mask = make_mask(case["kind"], case["batch"], case["seq"], gen)
+        pad = config.pad_token_id if config.pad_token_id is not None else 0
+        ids = torch.randint(3, config.vocab_size, mask.shape, generator=gen).masked_fill(mask == 0, pad)
+        with torch.no_grad():
+            ref = peft_hf(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            out = fast(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        compare_where_heads_read(out, ref, case["head"], mask.bool(), 1e-5)
+
+    check()
