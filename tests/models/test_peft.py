@@ -233,7 +233,8 @@ def test_pissa_initialisation_rewrites_the_fused_rows():
 
 
 def test_triton_path_honours_lora(monkeypatch):
-    """The Triton backend (interpreter on the CPU) runs the wrapped slices too, padded and packed."""
+    """The Triton backend (interpreter on the CPU) runs the wrapped slices too, padded and packed,
+    and a training step gives PEFT-on-HF's adapter gradients."""
     monkeypatch.setenv("FASTBERT_BACKEND", "triton")
     config, peft_hf = _models("bert", ALL_PROJECTIONS["bert"], head="Model")
     fast = fastbert.optimize(copy.deepcopy(peft_hf))
@@ -243,6 +244,22 @@ def test_triton_path_honours_lora(monkeypatch):
         for unpad in (True, False):
             fastbert.optimize(fast, unpad=unpad)
             assert rel_err(fast(input_ids=ids, attention_mask=mask).last_hidden_state, ref, mask) < 1e-5
+    fastbert.optimize(fast, unpad=True)
+    probe = torch.randn(ref.shape, generator=torch.Generator().manual_seed(4)) * mask[..., None]
+    for model in (peft_hf, fast):  # eval mode: no dropout on either side
+        model.zero_grad()
+        (model(input_ids=ids, attention_mask=mask).last_hidden_state * probe).sum().backward()
+    fast_adapters = [p for n, p in fast.named_parameters() if "lora_" in n]
+    compared = 0
+    for name, p in peft_hf.named_parameters():
+        if "lora_" in name:  # its copy in the optimized model: the one with the same (random) values
+            (twin,) = [q for q in fast_adapters if q.shape == p.shape and torch.equal(q, p)]
+            if p.grad is None:  # the pooler's adapter: last_hidden_state does not read it
+                assert twin.grad is None, name
+                continue
+            assert rel_err(twin.grad, p.grad) < 1e-4, name
+            compared += 1
+    assert compared >= 4 * config.num_hidden_layers * 2
 
 
 def test_hooks_after_optimize_run():
