@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 
 import torch
 from torch import nn
@@ -135,13 +137,9 @@ class FamilyAdapter:
     def splits_rows_by_position_ids(self) -> bool:
         """Whether the installed transformers attends within the sequences that restarting
         ``position_ids`` mark when no attention mask is given (flattened rows,
-        :mod:`fastbert.modules.flattened`): this family's flag, from transformers 5 on (4.x
-        attends over the whole row)."""
-        if not self.hf_splits_rows_by_position_ids:
-            return False
-        import transformers
-
-        return int(transformers.__version__.split(".")[0]) >= 5
+        :mod:`fastbert.modules.flattened`): this family's flag, where transformers' mask
+        builder takes position ids (4.x and 5.17 attend over the whole row)."""
+        return self.hf_splits_rows_by_position_ids and _hf_masks_read_position_ids()
 
     # ---- outputs ------------------------------------------------------------
     def pool(self, base: nn.Module, sequence_output: torch.Tensor) -> torch.Tensor | None:
@@ -154,6 +152,17 @@ class FamilyAdapter:
         from transformers import modeling_outputs
 
         return getattr(modeling_outputs, self.output_class_name, modeling_outputs.BaseModelOutput)
+
+
+@functools.lru_cache(maxsize=None)
+def _hf_masks_read_position_ids() -> bool:
+    """Whether transformers' ``create_bidirectional_mask`` takes ``position_ids`` (it then splits
+    flattened rows at their restarts, ``find_packed_sequence_indices``)."""
+    try:
+        from transformers.masking_utils import create_bidirectional_mask
+    except ImportError:  # transformers 4.x
+        return False
+    return "position_ids" in inspect.signature(create_bidirectional_mask).parameters
 
 
 def common_config(hf_config, **overrides) -> FastBertConfig:
