@@ -139,3 +139,15 @@ class HostSyncs(TorchDispatchMode):
         if syncs:
             self.ops.append(str(func))
         return func(*args, **kwargs)
+
+
+def hf_splits_flattened_rows() -> bool:
+    """Whether the installed transformers attends within the sequences of a flattened row (restarting
+    position ids, no mask): where its mask builder reads position ids (5.x after 5.17; not 4.x)."""
+    import inspect
+
+    try:
+        from transformers.masking_utils import create_bidirectional_mask
+    except ImportError:
+        return False
+    return "position_ids" in inspect.signature(create_bidirectional_mask).parameters

@@ -23,18 +23,13 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 import fastbert
 from fastbert.modules.flattened import sequence_starts
-from tests.helpers import build, family_configs, grads_in_hf_names, pad_id, rel_err
+from tests.helpers import build, family_configs, grads_in_hf_names, hf_splits_flattened_rows, pad_id, rel_err
 
 CONFIGS = family_configs()
 ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert")
 TAKES_KWARGS = any(p.kind is inspect.Parameter.VAR_KEYWORD
                    for p in inspect.signature(transformers.BertModel.forward).parameters.values())
-try:  # HF splits flattened rows where its mask builder reads position ids (5.x after 5.17; not 4.x)
-    from transformers.masking_utils import create_bidirectional_mask as _hf_mask_builder
-
-    SPLITS_ROWS = "position_ids" in inspect.signature(_hf_mask_builder).parameters
-except ImportError:
-    SPLITS_ROWS = False
+SPLITS_ROWS = hf_splits_flattened_rows()
 needs_kwargs = pytest.mark.skipif(not TAKES_KWARGS, reason=f"transformers {transformers.__version__}'s base models "
                                   "take no flash-attention keywords (test_keywords_refused_where_hf_refuses_them)")
 
