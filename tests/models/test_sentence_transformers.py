@@ -155,6 +155,11 @@ def test_flattened_encode_runs_as_it_is(sentence_model, monkeypatch):
         pytest.skip("this sentence-transformers version never flattens inputs")
     import transformers.modeling_flash_attention_utils as flash_utils
 
+    probes = hasattr(module_class, "_is_flash_attention_requested"), hasattr(flash_utils, "lazy_import_flash_attention")
+    if not all(probes):
+        pytest.skip("this sentence-transformers / transformers pair decides flattening with other probes than the "
+                    "two this test answers (sentence-transformers 6's)")
+
     monkeypatch.setattr(module_class, "_is_flash_attention_requested", lambda self: True)
     monkeypatch.setattr(flash_utils, "lazy_import_flash_attention",
                         lambda implementation: ((None, object(), None, None, None), (None, None)))
