@@ -104,17 +104,15 @@ class FamilyAdapter:
         """The family's names of its query, key and value projections (``query``, ``q_lin``, ...)."""
         return tuple(h.rsplit(".", 1)[0].rsplit(".", 1)[-1] for h in self.layer_map()["qkv.weight"])
 
-    def module_map(self, hf_config, config: FastBertConfig) -> dict[str, str]:
-        """``{fastbert module path: HF module path}`` (relative to the base model) of every module
-        :meth:`layer_module_map` names, in every unique layer, and the embedding projection."""
-        mapping = {}
-        for i in range(config.num_unique_layers):
-            hf_prefix = self.hf_layer_prefix_for(i, hf_config)
-            for fast, hf in self.layer_module_map().items():
-                mapping[f"encoder.layers.{i}.{fast}"] = hf_prefix + hf
+    def hf_projection_paths(self, hf_config, config: FastBertConfig) -> list[str]:
+        """The HF module paths (relative to the base model) of every module :meth:`layer_module_map`
+        names, in every unique layer, and of the embedding projection: where an adapter saved
+        on the plain HF model puts its weights."""
+        paths = [self.hf_layer_prefix_for(i, hf_config) + hf
+                 for i in range(config.num_unique_layers) for hf in self.layer_module_map().values()]
         if config.has_projection:
-            mapping["embeddings.projection"] = self.hf_projection
-        return mapping
+            paths.append(self.hf_projection)
+        return paths
 
     def hf_layer_prefix_for(self, i: int, hf_config) -> str:
         """HF name prefix of unique layer ``i``."""

@@ -249,5 +249,5 @@ def convert_base_model(base: nn.Module, adapter: FamilyAdapter) -> nn.Module:
     base._fastbert_config = config
     base._fastbert_arg_names = _positional_names(hf_class)
     base.__class__ = fast_class(hf_class)
-    install_state_dict_hooks(base, weight_map, adapter.module_map(hf_config, config).values())
+    install_state_dict_hooks(base, weight_map, adapter.hf_projection_paths(hf_config, config))
     return base

@@ -28,7 +28,7 @@ from fastbert.models.adapter import FamilyAdapter
 from fastbert.modules.config import FastBertConfig
 from fastbert.modules.encoder import FastBertEncoder
 from fastbert.modules.embeddings import FastBertEmbeddings
-from fastbert.modules.qkv_slices import base_linear
+from fastbert.modules.qkv_slices import unwrapped
 
 
 def is_wrapper(module: nn.Module) -> bool:
@@ -62,7 +62,7 @@ def check_carriable(base: nn.Module, adapter: FamilyAdapter, config: FastBertCon
             path = prefix + hf_path
             module = base.get_submodule(path)
             if slot in config.qkv_names:
-                inner = base_linear(module)
+                inner = unwrapped(module)
                 if type(inner) is not nn.Linear or _own_hooks(inner):
                     raise ValueError(
                         f"{path} is {type(inner).__name__}{' with hooks' if _own_hooks(inner) else ''}: fastbert "

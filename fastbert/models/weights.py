@@ -80,8 +80,7 @@ def check_no_hf_adapter_entries(state: Mapping, projection_paths, prefix: str = 
     model's modules (fastbert names) would silently leave out."""
     paths = {prefix + p + "." for p in projection_paths}
     for key in state:
-        head, _, leaf = key.rpartition(".")
-        if head + "." in paths:
+        if key.rpartition(".")[0] + "." in paths:
             continue  # the projection's own weight or bias
         if any(key.startswith(p) for p in paths):
             raise ValueError(

@@ -8,7 +8,7 @@ from torch import nn
 from fastbert import ops
 from fastbert.modules.config import FastBertConfig
 from fastbert.modules.projection import calls_module, project
-from fastbert.modules.qkv_slices import base_linear
+from fastbert.modules.qkv_slices import unwrapped
 from fastbert.modules.validation import check_index_range, value_checks_enabled
 
 
@@ -100,7 +100,7 @@ class FastBertEmbeddings(nn.Module):
             _check_ids("token_type_ids", token_type_ids, (batch, seq))
         if value_checks_enabled():  # against the tables' current sizes (resize_token_embeddings changes them)
             if input_ids is not None:
-                check_index_range("input_ids", input_ids, base_linear(self.word_embeddings).num_embeddings,
+                check_index_range("input_ids", input_ids, unwrapped(self.word_embeddings).num_embeddings,
                                   "the vocabulary")
             check_index_range("position_ids", position_ids, self.position_embeddings.num_embeddings, "the position table")
             if token_type_ids is not None:

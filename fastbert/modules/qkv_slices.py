@@ -63,7 +63,7 @@ class QKVSlice(nn.Linear):
     @property
     def fused(self) -> nn.Linear:
         """The layer's fused ``qkv`` linear (inside any wrapper around it)."""
-        return base_linear(self._layer.qkv)
+        return unwrapped(self._layer.qkv)
 
     def _rows(self) -> tuple[int, int]:
         third = self.fused.weight.shape[0] // 3
@@ -101,7 +101,7 @@ class QKVSlice(nn.Linear):
         return f"{'qkv'[self.index]} rows of qkv, in_features={self.in_features}, out_features={self.out_features}"
 
 
-def base_linear(module: nn.Module) -> nn.Module:
+def unwrapped(module: nn.Module) -> nn.Module:
     """The module inside any PEFT-style wrappers (``get_base_layer()``), or ``module`` itself."""
     get_base = getattr(module, "get_base_layer", None)
     return get_base() if callable(get_base) else module

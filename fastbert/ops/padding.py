@@ -140,12 +140,12 @@ def check_cu_seqlens(cu_seqlens, total_tokens: int, max_seqlen) -> None:
     _CHECKED[cu_seqlens] = (_version(cu_seqlens), total_tokens, max_seqlen)
 
 
-
 def mark_cu_seqlens_valid(cu_seqlens: torch.Tensor, total_tokens: int, max_seqlen: int) -> None:
     """Record that ``cu_seqlens`` (built by the caller from values it read, as :func:`unpad`
     builds its own) describes ``total_tokens`` rows with sequences of at most ``max_seqlen``:
     :func:`check_cu_seqlens` then reads nothing for it."""
     _CHECKED[cu_seqlens] = (_version(cu_seqlens), total_tokens, int(max_seqlen))
+
 
 class BucketLayout(NamedTuple):
     """A packed layout of fixed size (a CUDA graph's shapes cannot depend on the batch)."""
